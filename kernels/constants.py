@@ -1,0 +1,110 @@
+"""Every constant the engine, the kernels and the reference model share, defined once.
+
+numba freezes module globals into compiled (and cached) code, so these never change at run time.
+Bit numbers follow Linux v4.0 ``include/linux/page-flags.h`` (x86-64, CONFIG_PAGEFLAGS_EXTENDED) and
+``arch/x86/include/asm/pgtable_types.h``.
+"""
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+HPAGE_PMD_ORDER = 9
+HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER  # 512
+HPAGE_PMD_SHIFT = PAGE_SHIFT + HPAGE_PMD_ORDER
+HPAGE_PMD_SIZE = 1 << HPAGE_PMD_SHIFT
+HPAGE_PMD_MASK = ~(HPAGE_PMD_SIZE - 1)
+
+# enum pageflags (v4.0)
+PG_locked = 0
+PG_error = 1
+PG_referenced = 2
+PG_uptodate = 3
+PG_dirty = 4
+PG_lru = 5
+PG_active = 6
+PG_slab = 7
+PG_owner_priv_1 = 8
+PG_arch_1 = 9
+PG_reserved = 10
+PG_private = 11
+PG_private_2 = 12
+PG_writeback = 13
+PG_head = 14
+PG_tail = 15
+PG_swapcache = 16
+PG_mappedtodisk = 17
+PG_reclaim = 18
+PG_swapbacked = 19
+PG_unevictable = 20
+PG_mlocked = 21
+PG_hwpoison = 22
+
+PG_NAMES = {
+    PG_locked: "locked", PG_error: "error", PG_referenced: "referenced", PG_uptodate: "uptodate",
+    PG_dirty: "dirty", PG_lru: "lru", PG_active: "active", PG_slab: "slab",
+    PG_owner_priv_1: "owner_priv_1", PG_arch_1: "arch_1", PG_reserved: "reserved",
+    PG_private: "private", PG_private_2: "private_2", PG_writeback: "writeback", PG_head: "head",
+    PG_tail: "tail", PG_swapcache: "swapcache", PG_mappedtodisk: "mappedtodisk",
+    PG_reclaim: "reclaim", PG_swapbacked: "swapbacked", PG_unevictable: "unevictable",
+    PG_mlocked: "mlocked", PG_hwpoison: "hwpoison",
+}
+
+# Flags a new anonymous page gets: __SetPageUptodate, page_add_new_anon_rmap (__SetPageSwapBacked),
+# lru_cache_add_active_or_unevictable (PG_lru, PG_active).
+ANON_FAULT_FLAGS = (1 << PG_uptodate) | (1 << PG_lru) | (1 << PG_active) | (1 << PG_swapbacked)
+# __split_huge_page_tail(): flags copied from the head to every tail.
+TAIL_COPY_FLAGS = ((1 << PG_referenced) | (1 << PG_swapbacked) | (1 << PG_mlocked)
+                   | (1 << PG_uptodate) | (1 << PG_active) | (1 << PG_locked)
+                   | (1 << PG_unevictable))
+
+# page->mapping as vmstate stores it (an anon_vma id otherwise).
+MAPPING_NULL = -1
+TAIL_MAPPING = -2
+
+# pte_t / pmd_t bits (x86-64)
+_PAGE_BIT_PRESENT = 0
+_PAGE_BIT_RW = 1
+_PAGE_BIT_ACCESSED = 5
+_PAGE_BIT_DIRTY = 6
+_PAGE_BIT_PSE = 7
+_PAGE_BIT_SOFT_DIRTY = 11
+_PAGE_BIT_VMS_MIGRATION = 62  # vmstate's encoding of a migration swap entry (pfn kept in place)
+_PAGE_PRESENT = 1 << _PAGE_BIT_PRESENT
+_PAGE_RW = 1 << _PAGE_BIT_RW
+_PAGE_ACCESSED = 1 << _PAGE_BIT_ACCESSED
+_PAGE_DIRTY = 1 << _PAGE_BIT_DIRTY
+_PAGE_PSE = 1 << _PAGE_BIT_PSE
+_PAGE_SOFT_DIRTY = 1 << _PAGE_BIT_SOFT_DIRTY
+_PAGE_VMS_MIGRATION = 1 << _PAGE_BIT_VMS_MIGRATION
+PTE_PFN_SHIFT = 12
+PTE_PFN_MASK = ((1 << 52) - 1) & ~((1 << 12) - 1)
+
+# vm_flags (v4.0 include/linux/mm.h)
+VM_READ = 0x00000001
+VM_WRITE = 0x00000002
+VM_EXEC = 0x00000004
+VM_MAYREAD = 0x00000010
+VM_MAYWRITE = 0x00000020
+VM_MAYEXEC = 0x00000040
+VM_ACCOUNT = 0x00100000
+VM_HUGEPAGE = 0x20000000
+VM_ANON_DEFAULT = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | VM_ACCOUNT
+
+EBUSY = 16
+
+# Why a split failed (per THP result array).
+SPLIT_OK = 0
+SPLIT_FAIL_ANON_VMA = 1
+SPLIT_FAIL_PRECHECK = 2
+SPLIT_FAIL_RECHECK = 3
+SPLIT_BUG = 4  # total_mapcount > page_count - 1 after the freeze: the kernel's BUG()
+
+FIRST_BLOCK = 1  # block 0 (pfns 0..511) is never handed out
+
+VM_EVENTS = ("thp_fault_alloc", "thp_split_page", "thp_split_page_failed", "thp_split_pmd",
+             "thp_deferred_split_page")
+COSTS = ("anon_vma_lock", "pmd_lock", "pte_lock", "lru_lock", "tlb_flush", "mmu_notifier",
+         "pte_write", "pages_freed")
+# Indices into the cost vector the kernels fill (per-thread slabs, reduced serially).
+C_ANON_VMA_LOCK, C_PMD_LOCK, C_PTE_LOCK, C_LRU_LOCK, C_TLB_FLUSH, C_MMU_NOTIFIER, C_PTE_WRITE, \
+    C_PAGES_FREED = range(len(COSTS))
+EV_THP_SPLIT_PMD = 0  # index into the kernels' event vector (the only event kernels count)
