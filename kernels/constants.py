@@ -100,11 +100,18 @@ SPLIT_BUG = 4  # total_mapcount > page_count - 1 after the freeze: the kernel's 
 
 FIRST_BLOCK = 1  # block 0 (pfns 0..511) is never handed out
 
-VM_EVENTS = ("thp_fault_alloc", "thp_split_page", "thp_split_page_failed", "thp_split_pmd",
+# /proc/vmstat names; the kernels fill the vector in this order (EV_* below).
+VM_EVENTS = ("thp_split_pmd", "thp_split_page", "thp_split_page_failed", "thp_fault_alloc",
              "thp_deferred_split_page")
 COSTS = ("anon_vma_lock", "pmd_lock", "pte_lock", "lru_lock", "tlb_flush", "mmu_notifier",
          "pte_write", "pages_freed")
 # Indices into the cost vector the kernels fill (per-thread slabs, reduced serially).
 C_ANON_VMA_LOCK, C_PMD_LOCK, C_PTE_LOCK, C_LRU_LOCK, C_TLB_FLUSH, C_MMU_NOTIFIER, C_PTE_WRITE, \
     C_PAGES_FREED = range(len(COSTS))
-EV_THP_SPLIT_PMD = 0  # index into the kernels' event vector (the only event kernels count)
+EV_THP_SPLIT_PMD, EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED, EV_THP_FAULT_ALLOC, \
+    EV_THP_DEFERRED_SPLIT_PAGE = range(len(VM_EVENTS))
+# What a BUG report (kernels' ``bug`` vector: head pfn, kind, value, value) means.
+BUG_NONE = 0
+BUG_RECHECK_MAPCOUNT = 1   # total_mapcount > page_count - 1 after freeze_page(): values mapcount, count
+BUG_COMPOUND_MAPCOUNT = 2  # compound_mapcount != 0 after freeze_page(): values compound_mapcount, 0
+BUG_TAIL_COUNT = 3         # tail _count != 0 in __split_huge_page_tail(): values tail index, _count

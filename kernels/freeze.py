@@ -1,0 +1,93 @@
+"""Freezing a THP's mappings into migration entries and back (seed ``freeze_page()``/``unfreeze_page()``).
+
+A THP's rmap walk arrives as index arrays built by the wrapper from the anon_vma interval query: the
+VMAs ``v0 <= v < v1`` of the THP, each with the row of its process's PMD entry at the THP's ``haddr``
+(``-1``: no page table there), the subpage range ``[vma_lo[v], vma_hi[v])`` the VMA covers and
+whether it has ``VM_WRITE``.
+"""
+from numba import njit
+
+from kernels.constants import (
+    HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY,
+    _PAGE_VMS_MIGRATION, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_LOCK, C_PTE_WRITE, C_TLB_FLUSH,
+)
+from kernels.mapcount import page_mapcount
+from kernels.pmd import _split_huge_pmd_locked
+
+
+@njit(cache=True)
+def freeze_page_vma(row, head_pfn, b, pmd, pte_table, ptes, _count, _mapcount, compound_mapcount,
+                    costs, events):
+    """Mirror of the seed's ``freeze_page_vma(vma, page, haddr)``; ``row`` is the PMD entry at haddr."""
+    if row < 0:  # !pgd_present || !pud_present
+        return
+    costs[C_PMD_LOCK] += 1
+    entry = pmd[row]
+    if not entry & _PAGE_PRESENT:
+        return
+    if entry & _PAGE_PSE:
+        if (entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT == head_pfn:
+            _split_huge_pmd_locked(pmd, pte_table, ptes, row, _count, _mapcount, compound_mapcount,
+                                   b, True, costs, events)
+        return
+    costs[C_PTE_LOCK] += 1
+    t = pte_table[row]
+    for i in range(HPAGE_PMD_NR):
+        pte = ptes[t, i]
+        if not pte & _PAGE_PRESENT:
+            continue
+        if (pte & PTE_PFN_MASK) >> PTE_PFN_SHIFT != head_pfn + i:
+            continue
+        costs[C_TLB_FLUSH] += 1  # ptep_clear_flush()
+        # make_migration_entry(page, pte_write(entry)), soft-dirty carried to the swap pte
+        ptes[t, i] = (pte & (PTE_PFN_MASK | _PAGE_RW | _PAGE_SOFT_DIRTY)) | _PAGE_VMS_MIGRATION
+        costs[C_PTE_WRITE] += 1
+
+
+@njit(cache=True)
+def freeze_page(head_pfn, b, v0, v1, vma_pmd_row, pmd, pte_table, ptes, _count, _mapcount,
+                compound_mapcount, costs, events):
+    """Mirror of the seed's ``freeze_page(anon_vma, page)``: one mmu-notifier range per VMA."""
+    for v in range(v0, v1):
+        costs[C_MMU_NOTIFIER] += 1
+        freeze_page_vma(vma_pmd_row[v], head_pfn, b, pmd, pte_table, ptes, _count, _mapcount,
+                        compound_mapcount, costs, events)
+
+
+@njit(cache=True)
+def unfreeze_page_vma(row, writable, pfn, i, pmd, pte_table, ptes, costs):
+    """Mirror of the seed's ``unfreeze_page_vma(vma, page, address)`` for subpage ``i``."""
+    if row < 0:
+        return
+    entry = pmd[row]
+    if not entry & _PAGE_PRESENT or entry & _PAGE_PSE:  # mm_find_pmd() == NULL
+        return
+    costs[C_PTE_LOCK] += 1
+    t = pte_table[row]
+    pte = ptes[t, i]
+    if not pte & _PAGE_VMS_MIGRATION:  # !is_swap_pte || !is_migration_entry
+        return
+    if (pte & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn:
+        return
+    # pte_mkold(mk_pte(page, vma->vm_page_prot)); maybe_mkwrite() for a write migration entry
+    new = (pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT
+    if pte & _PAGE_RW and writable:
+        new |= _PAGE_RW
+    ptes[t, i] = new
+    costs[C_PTE_WRITE] += 1
+
+
+@njit(cache=True)
+def unfreeze_page(head_pfn, b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmd, pte_table,
+                  ptes, _mapcount, compound_mapcount, costs):
+    """Mirror of the seed's ``unfreeze_page(anon_vma, page)``: per mapped subpage, per VMA mapping it
+    (one PTE lock and one mmu-notifier range each: the review asks why this is not batched)."""
+    for i in range(HPAGE_PMD_NR):
+        if page_mapcount(_mapcount[b], i, compound_mapcount[b]) == 0:
+            continue
+        for v in range(v0, v1):
+            if i < vma_lo[v] or i >= vma_hi[v]:  # anon_vma_interval_tree_foreach(pgoff, pgoff)
+                continue
+            costs[C_MMU_NOTIFIER] += 1
+            unfreeze_page_vma(vma_pmd_row[v], vma_write[v], head_pfn + i, i, pmd, pte_table, ptes,
+                              costs)

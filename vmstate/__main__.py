@@ -1,0 +1,7 @@
+"""``python -m vmstate``: the command line (see vmstate/cli.py)."""
+
+import sys
+
+from vmstate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Run a checked scenario on a fresh :class:`~vmstate.state.MemoryState`, op by op, and collect what
+the contract's summary and snapshots need. Nothing here touches the file system."""
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from vmstate.errors import BadInput, CorruptState
+from vmstate.scenario import Op, Scenario, where
+
+
+@dataclass
+class RunResult:
+    """``summary`` is the contract's summary object (JSON-ready); ``snapshots`` maps each label to its
+    ``(pages, pagemap)`` frames."""
+    summary: dict
+    snapshots: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = field(default_factory=dict)
+
+
+def run_scenario(scenario: Scenario, *, validate: bool = False) -> RunResult:
+    """Apply ``scenario.ops`` in order. A BadInput or CorruptState from the engine comes back with the
+    op's file, index and line in front of its message. ``validate`` runs ``MemoryState.validate()``
+    after every op (a debug switch: it walks the whole state)."""
+    from vmstate.export import pagemap_frame, pages_frame  # here: the engine imports numba
+
+    state = _initial_state(scenario, validate)
+    splits, snapshots, summaries = [], {}, {}
+    for op in scenario.ops:
+        try:
+            if op.op == "snapshot":
+                label = op.fields["label"]
+                snapshots[label] = (pages_frame(state), pagemap_frame(state))
+                summaries[label] = {k: int(v) for k, v in state.snapshot_summary().items()}
+            elif op.op == "split":
+                res = _apply(state, op)
+                splits.append({"op": op.index, "mm": op.fields["mm"], "attempted": int(res.attempted),
+                               "succeeded": int(res.succeeded), "failed": int(res.failed)})
+            else:
+                _apply(state, op)
+            if validate:
+                state.validate()
+        except (BadInput, CorruptState, MemoryError) as e:
+            raise _with_context(e, where(scenario.path, op.index, op.line)) from e
+    summary = {"scenario": scenario.name,
+               "vm_events": {k: int(v) for k, v in state.vm_events.items()},
+               "costs": {k: int(v) for k, v in state.costs.items()},
+               "splits": splits,
+               "snapshots": summaries}
+    return RunResult(summary=summary, snapshots=snapshots)
+
+
+def _initial_state(scenario: Scenario, validate: bool):
+    from vmstate.state import MemoryState
+
+    if scenario.population is None:
+        return MemoryState()
+    if not hasattr(MemoryState, "from_population"):
+        raise BadInput(f"{where(scenario.path, table='population')}: population is not supported "
+                       f"yet (this engine has no MemoryState.from_population)", field="population")
+    try:
+        state = MemoryState.from_population(scenario.population, seed=scenario.seed)
+        if validate:
+            state.validate()
+    except (BadInput, CorruptState, MemoryError) as e:
+        raise _with_context(e, where(scenario.path, table="population")) from e
+    return state
+
+
+def _apply(state, op: Op):
+    """The op as a MemoryState call; the file says ``len``, the API ``length``."""
+    f = op.fields
+    match op.op:
+        case "mmap":
+            return state.mmap(f["mm"], f["addr"], f["len"], thp=f["thp"])
+        case "fork":
+            return state.fork(f["mm"], f["child"])
+        case "exit":
+            return state.exit(f["mm"])
+        case "mprotect":
+            return state.mprotect(f["mm"], f["addr"], f["len"], f["prot"])
+        case "split_pmd":
+            return state.split_pmd(f["mm"], f["addr"])
+        case "munmap" | "madvise_dontneed" | "pin" | "unpin" | "split":
+            return getattr(state, op.op)(f["mm"], f["addr"], f["len"])
+    raise AssertionError(f"op {op.op!r} passed load_scenario() but has no MemoryState call")
+
+
+def _with_context(e: Exception, prefix: str) -> Exception:
+    """The same error, its message led by the file/op context and the field the engine named."""
+    if isinstance(e, MemoryError):
+        return BadInput(f"{prefix}: the machine cannot hold this state (ENOMEM)")
+    if isinstance(e, CorruptState):
+        return CorruptState(f"{prefix}: {e}", pfn=e.pfn, rule=e.rule)
+    fld = {"length": "len"}.get(e.field, e.field)  # the API's name for the file's field
+    msg = str(e)
+    if fld is not None and not msg.startswith("field '"):
+        msg = f"field '{fld}': {msg}"
+    return BadInput(f"{prefix}: {msg}", field=fld)

@@ -1,0 +1,354 @@
+"""Scenario files (the contract in ``SCENARIOS.md``): read the TOML program and check everything that
+can be checked without running it.
+
+``load_scenario(path)`` returns a :class:`Scenario` whose ops carry normalised fields (sizes as ints,
+defaults filled in), or raises :class:`~vmstate.errors.BadInput` naming the file, the op's index and the
+line of its ``[[op]]`` header, the field, what was expected and what was found::
+
+    demo.toml: op 3 (line 12): field 'len': expected a positive multiple of 4096 (4K), got 5000
+
+What needs the state (a range that is not mapped, an overlapping mmap) is the engine's to refuse; the
+runner adds the same context to its messages.
+"""
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+from kernels.constants import PAGE_SIZE
+from vmstate.errors import BadInput
+
+MAX_SCENARIO_BYTES = 16 << 20
+TASK_SIZE = 1 << 47  # x86-64 4-level paging: user space is [0, 0x800000000000)
+NAME_MAX = 255  # a snapshot label becomes a directory name
+
+# op -> (required fields, optional fields with their defaults), in the order messages list them.
+OPS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
+    "mmap": (("mm", "addr", "len"), {"thp": True}),
+    "fork": (("mm", "child"), {}),
+    "exit": (("mm",), {}),
+    "munmap": (("mm", "addr", "len"), {}),
+    "madvise_dontneed": (("mm", "addr", "len"), {}),
+    "mprotect": (("mm", "addr", "len", "prot"), {}),
+    "pin": (("mm", "addr", "len"), {}),
+    "unpin": (("mm", "addr", "len"), {}),
+    "split_pmd": (("mm", "addr"), {}),
+    "split": (("mm", "addr", "len"), {}),
+    "snapshot": (("label",), {}),
+}
+SCENARIO_KEYS = {"name": True, "seed": False}  # key -> required
+TOP_LEVEL = ("scenario", "op", "population")
+PROTS = ("r", "rw")
+_SIZE = re.compile(r"(0x[0-9a-fA-F]+|[0-9]+)([KkMmGg]?)")
+_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30}
+_LABEL = re.compile(r"[A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One ``[[op]]``: ``index`` counts from 1 in file order, ``line`` is its header's line (None when
+    the file spells the ops another way), ``fields`` holds every field but ``op``, normalised."""
+    index: int
+    line: int | None
+    op: str
+    fields: dict
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    seed: int
+    path: Path
+    ops: list[Op] = dc_field(default_factory=list)
+    population: dict | None = None
+
+
+def where(path, index: int | None = None, line: int | None = None, table: str | None = None) -> str:
+    """The message prefix: ``file``, ``file: op 3 (line 12)``, ``file: [scenario] (line 1)``."""
+    text = str(path)
+    if index is not None:
+        text += f": op {index}"
+    elif table is not None:
+        text += f": [{table}]"
+    if line is not None:
+        text += f" (line {line})" if index is not None or table is not None else f": line {line}"
+    return text
+
+
+class _Ctx:
+    """Where a check happens; ``fail`` raises the BadInput with that context."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def fail(self, msg: str, field: str | None = None):
+        head = f"{self.prefix}: field '{field}'" if field is not None else self.prefix
+        raise BadInput(f"{head}: {msg}", field=field)
+
+    def expected(self, field: str, expected: str, value, shown: str | None = None):
+        self.fail(f"expected {expected}, got {shown if shown is not None else _show(value)}", field)
+
+
+def _show(value) -> str:
+    """A value as the TOML author wrote it, with its type when that is the problem."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return repr(value)
+    kind = {float: "float", dict: "table", list: "array"}.get(type(value), type(value).__name__)
+    return f"{kind} {value!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the file
+
+
+def load_scenario(path) -> Scenario:
+    """Read and check a scenario file; raise BadInput for anything the contract does not allow."""
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise BadInput(_toml_error(path, text, e)) from None
+    lines = _header_lines(text)
+    for key in doc:
+        if key not in TOP_LEVEL:
+            _Ctx(str(path)).fail(f"unknown top-level table or key '{key}' (expected "
+                                 f"{', '.join(TOP_LEVEL)})")
+    name, seed = _check_scenario_table(path, doc.get("scenario"), lines["scenario"])
+    population = doc.get("population")
+    if population is not None and not isinstance(population, dict):
+        _Ctx(str(path)).expected("population", "a table [population]", population)
+    ops = _check_ops(path, doc.get("op", []), lines["op"], population is not None)
+    return Scenario(name=name, seed=seed, path=path, ops=ops, population=population)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SCENARIO_BYTES + 1)
+    except OSError as e:
+        code = os.strerror(e.errno) if e.errno else str(e)
+        raise BadInput(f"{path}: cannot read the scenario: {code}") from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise BadInput(f"{path}: expected a scenario of at most 16 MiB, got a larger file "
+                       f"(use [population] to generate a large state)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise BadInput(f"{path}: line {line}: expected UTF-8 text (TOML), got byte "
+                       f"0x{data[e.start]:02x} at offset {e.start}") from None
+
+
+def _toml_error(path: Path, text: str, e: tomllib.TOMLDecodeError) -> str:
+    """tomllib puts the position at the end of its message; move it to the front, compiler-style."""
+    msg = str(e)
+    m = re.search(r" \(at line (\d+), column (\d+)\)$", msg)
+    if m:
+        return f"{path}: line {m[1]}, column {m[2]}: malformed TOML: {msg[:m.start()]}"
+    m = re.search(r" \(at end of document\)$", msg)
+    if m:
+        return f"{path}: line {text.count(chr(10)) + 1}, end of file: malformed TOML: {msg[:m.start()]}"
+    return f"{path}: malformed TOML: {msg}"
+
+
+def _header_lines(text: str) -> dict:
+    """Lines (1-based) of the ``[scenario]`` header and of every ``[[op]]`` header. tomllib keeps no
+    positions, so scan for header lines outside multi-line strings."""
+    found = {"scenario": [], "op": []}
+    in_string = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_string is None:
+            m = re.fullmatch(r"\s*(\[\[?)\s*(?:\"(\w+)\"|'(\w+)'|(\w+))\s*(\]\]?)\s*(#.*)?", line)
+            if m:
+                key = m[2] or m[3] or m[4]
+                if key == "op" and (m[1], m[5]) == ("[[", "]]"):
+                    found["op"].append(number)
+                elif key == "scenario" and (m[1], m[5]) == ("[", "]"):
+                    found["scenario"].append(number)
+        for quote in re.findall(r'"""|\'\'\'', line):
+            if in_string is None:
+                in_string = quote
+            elif in_string == quote:
+                in_string = None
+    return {"scenario": found["scenario"][0] if found["scenario"] else None, "op": found["op"]}
+
+
+def _check_scenario_table(path: Path, table, line: int | None) -> tuple[str, int]:
+    ctx = _Ctx(where(path, table="scenario", line=line))
+    if table is None:
+        _Ctx(str(path)).fail('missing table [scenario] (expected at least name = "...")')
+    if not isinstance(table, dict):
+        _Ctx(str(path)).expected("scenario", "a table [scenario]", table)
+    for key in table:
+        if key not in SCENARIO_KEYS:
+            ctx.fail(f"unknown key (expected {', '.join(SCENARIO_KEYS)})", key)
+    for key, required in SCENARIO_KEYS.items():
+        if required and key not in table:
+            ctx.fail("missing", key)
+    name = table["name"]
+    if not isinstance(name, str) or not name:
+        ctx.expected("name", "a non-empty string", name)
+    seed = table.get("seed", 0)
+    if type(seed) is not int or not 0 <= seed < 1 << 64:
+        ctx.expected("seed", "an integer in [0, 2**64)", seed)
+    return name, seed
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops
+
+
+def _check_ops(path: Path, ops, lines: list[int], population: bool) -> list[Op]:
+    if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+        _Ctx(str(path)).expected("op", "an array of tables [[op]]", ops)
+    if len(lines) != len(ops):  # the ops were written as an inline array: no header lines
+        lines = [None] * len(ops)
+    program = _Program(population)
+    result = []
+    for index, (raw, line) in enumerate(zip(ops, lines), start=1):
+        ctx = _Ctx(where(path, index, line))
+        name, fields = _check_fields(ctx, raw)
+        program.apply(ctx, index, name, fields)
+        result.append(Op(index=index, line=line, op=name, fields=fields))
+    return result
+
+
+def _check_fields(ctx: _Ctx, raw: dict) -> tuple[str, dict]:
+    """The op's name, and its fields checked one by one and normalised."""
+    if "op" not in raw:
+        ctx.fail(f"missing (expected one of {', '.join(OPS)})", "op")
+    name = raw["op"]
+    if not isinstance(name, str):
+        ctx.expected("op", "a string", name)
+    if name not in OPS:
+        close = difflib.get_close_matches(name, OPS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        ctx.fail(f"unknown op {name!r} (expected one of {', '.join(OPS)}{hint})", "op")
+    required, optional = OPS[name]
+    allowed = required + tuple(optional)
+    for key in raw:
+        if key != "op" and key not in allowed:
+            ctx.fail(f"unknown field for op '{name}' (expected {', '.join(allowed)})", key)
+    for key in required:
+        if key not in raw:
+            ctx.fail(f"missing (op '{name}' needs {', '.join(required)})", key)
+    fields = {**optional, **{k: v for k, v in raw.items() if k != "op"}}
+    for key in allowed:
+        fields[key] = _CHECKS[key](ctx, key, fields[key])
+    if "len" in fields and fields["addr"] + fields["len"] > TASK_SIZE:
+        ctx.fail(f"expected the range to end within user space (addr + len <= {TASK_SIZE:#x}), "
+                 f"got {fields['addr'] + fields['len']:#x}", "len")
+    return name, fields
+
+
+def _check_process(ctx: _Ctx, key: str, value):
+    if not isinstance(value, str) or not value:
+        ctx.expected(key, "a process name (a non-empty string)", value)
+    return value
+
+
+def _check_addr(ctx: _Ctx, key: str, value):
+    if type(value) is not int:
+        ctx.expected(key, "an integer address (TOML integers may be hex: 0x7f0000000000)", value)
+    if value <= 0 or value >= TASK_SIZE or value % PAGE_SIZE:
+        ctx.expected(key, f"a 4096-aligned user address in (0, {TASK_SIZE:#x}) (the kernel answers "
+                          f"EINVAL)", value, shown=f"{value:#x}" if value >= 0 else str(value))
+    return value
+
+
+def _check_len(ctx: _Ctx, key: str, value):
+    if type(value) is int:
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
+        size = int(m[1], 0) << _SHIFT[m[2].lower()]
+    else:
+        ctx.expected(key, 'a size: bytes as an integer, or a string like "4K", "64M", "1G"', value)
+    if size <= 0 or size % PAGE_SIZE:
+        shown = str(size) if size == value else f"{value!r} ({size})"
+        ctx.expected(key, "a positive multiple of 4096 (4K)", value, shown=shown)
+    return size
+
+
+def _check_thp(ctx: _Ctx, key: str, value):
+    if type(value) is not bool:
+        ctx.expected(key, "a boolean (true or false)", value)
+    return value
+
+
+def _check_prot(ctx: _Ctx, key: str, value):
+    if not isinstance(value, str) or value not in PROTS:
+        ctx.expected(key, 'one of "r", "rw"', value)
+    return value
+
+
+def _check_label(ctx: _Ctx, key: str, value):
+    if (not isinstance(value, str) or not _LABEL.fullmatch(value) or value in (".", "..")
+            or len(value) > NAME_MAX):
+        ctx.expected(key, "a label usable as a directory name ([A-Za-z0-9._-]+, not '.' or '..', "
+                          f"at most {NAME_MAX} characters)", value)
+    return value
+
+
+_CHECKS = {"mm": _check_process, "child": _check_process, "addr": _check_addr, "len": _check_len,
+           "thp": _check_thp, "prot": _check_prot, "label": _check_label}
+
+
+class _Program:
+    """The rules that follow from file order alone: which process names are live, which pins are
+    held, which labels are taken. With a ``[population]`` an unknown name may come from it, so only the
+    engine can refuse it."""
+
+    def __init__(self, population: bool):
+        self.population = population
+        self.live: set[str] = set()
+        self.exited: dict[str, int] = {}  # name -> index of its exit op
+        self.pins: dict[tuple, int] = {}  # (mm, addr, len) -> pins held
+        self.labels: dict[str, int] = {}  # label -> index of its snapshot op
+
+    def apply(self, ctx: _Ctx, index: int, op: str, f: dict):
+        if op == "snapshot":
+            if f["label"] in self.labels:
+                ctx.fail(f"expected a label not used before, got {f['label']!r} (op "
+                         f"{self.labels[f['label']]} uses it)", "label")
+            self.labels[f["label"]] = index
+            return
+        mm = f["mm"]
+        if mm in self.exited:
+            ctx.fail(f"process {mm!r} exited at op {self.exited[mm]}; its name cannot be used again",
+                     "mm")
+        if op == "mmap":
+            self.live.add(mm)
+            return
+        if mm not in self.live and not self.population:
+            ctx.fail(f"expected a live process, got {mm!r}, which no earlier op created (a process "
+                     f"is created by its first mmap or as a fork child)", "mm")
+        if op == "fork":
+            self._fork(ctx, mm, f["child"])
+        elif op == "exit":
+            self.live.discard(mm)
+            self.exited[mm] = index
+        elif op in ("pin", "unpin"):
+            key = (mm, f["addr"], f["len"])
+            if op == "pin":
+                self.pins[key] = self.pins.get(key, 0) + 1
+            elif not self.pins.get(key):
+                ctx.fail(f"no earlier pin of {mm!r} [{f['addr']:#x}, {f['addr'] + f['len']:#x}) "
+                         f"is held (unpin names the same mm, addr and len as the pin it releases)")
+            else:
+                self.pins[key] -= 1
+
+    def _fork(self, ctx: _Ctx, mm: str, child: str):
+        if child in self.live:
+            ctx.fail(f"expected a new process name, got {child!r}, which already exists", "child")
+        if child in self.exited:
+            ctx.fail(f"expected a new process name, got {child!r}, which exited at op "
+                     f"{self.exited[child]} (a name cannot be used again)", "child")
+        self.live.add(child)

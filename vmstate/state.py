@@ -1,0 +1,317 @@
+"""The simulated memory state: page frames, processes, VMAs, anon_vmas and page tables as arrays.
+
+:class:`MemoryState` owns the structured arrays (``vmstate.dtypes``) and the primitives every operation
+is built from — frame allocation, page-table lookups, ``get_page``/``put_page``,
+``page_remove_rmap``, zaps and ``split_huge_pmd``. The operations themselves (mmap, fork, …, split)
+live in :mod:`vmstate.operations` and are exposed here as methods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels import refcount as k_refcount
+from kernels.constants import (
+    COSTS, C_MMU_NOTIFIER, C_PMD_LOCK, EV_THP_DEFERRED_SPLIT_PAGE, FIRST_BLOCK, HPAGE_PMD_NR,
+    HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PG_head, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT,
+    TAIL_MAPPING, VM_EVENTS, _PAGE_PRESENT, _PAGE_PSE,
+)
+from kernels.pmd import _split_huge_pmd_locked
+from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
+
+N = HPAGE_PMD_NR
+_HEAD = 1 << PG_head
+_TAIL = 1 << PG_tail
+
+
+@dataclass(eq=False)
+class Vma:
+    """``struct vm_area_struct`` (the fields vmstate needs)."""
+    mm: "Mm"
+    vm_start: int
+    vm_end: int
+    vm_pgoff: int
+    vm_flags: int
+    anon_vma: int
+
+    def as_tuple(self):
+        return (self.vm_start, self.vm_end, self.vm_pgoff, self.vm_flags, self.anon_vma)
+
+
+@dataclass(eq=False)
+class Mm:
+    """``struct mm_struct``: VMAs sorted by ``vm_start`` and the PMD entry rows by slot address."""
+    name: str
+    id: int
+    vmas: list = field(default_factory=list)
+    pmd_rows: dict = field(default_factory=dict)
+    alive: bool = True
+
+
+class _Grow:
+    """A structured array with amortised appends; ``a`` is the live prefix."""
+
+    def __init__(self, dtype, capacity=16):
+        self._buf = np.zeros(capacity, dtype)
+        self.n = 0
+
+    def append(self, k=1):
+        need = self.n + k
+        if need > len(self._buf):
+            buf = np.zeros(max(need, 2 * len(self._buf)), self._buf.dtype)
+            buf[:self.n] = self._buf[:self.n]
+            self._buf = buf
+        start, self.n = self.n, need
+        return start
+
+    @property
+    def a(self):
+        return self._buf[:self.n]
+
+
+class MemoryState:
+    """The whole simulated machine: frames, processes and the counters of ``/proc/vmstat``."""
+
+    def __init__(self):
+        self.blocks = _Grow(PAGE_BLOCK_DTYPE)
+        self.blocks.append(FIRST_BLOCK)  # never handed out
+        self.blocks.a["alloc_end"][:] = 0
+        self.pmds = _Grow(PMD_DTYPE)
+        self.tables = _Grow(PTE_TABLE_DTYPE)
+        self.mms: dict[str, Mm] = {}
+        self.anon_vmas: list[list[Vma]] = []
+        self.pins: dict[tuple, list[np.ndarray]] = {}
+        self.events = np.zeros(len(VM_EVENTS), np.int64)
+        self._costs = np.zeros(len(COSTS), np.int64)
+        self.validate_after_ops = False
+
+    # ---- counters -------------------------------------------------------------------------
+    @property
+    def vm_events(self) -> dict:
+        return {name: int(v) for name, v in zip(VM_EVENTS, self.events)}
+
+    @property
+    def costs(self) -> dict:
+        return {name: int(v) for name, v in zip(COSTS, self._costs)}
+
+    # ---- field views (re-read after every allocation: arrays grow) ----------------------------
+    @property
+    def flags(self):
+        return self.blocks.a["flags"]
+
+    @property
+    def _count(self):
+        return self.blocks.a["_count"]
+
+    @property
+    def _mapcount(self):
+        return self.blocks.a["_mapcount"]
+
+    @property
+    def compound_mapcount_raw(self):
+        return self.blocks.a["compound_mapcount"]
+
+    @property
+    def deferred(self):
+        return self.blocks.a["deferred"]
+
+    @property
+    def pmd(self):
+        return self.pmds.a["pmd"]
+
+    @property
+    def pte_table(self):
+        return self.pmds.a["pte_table"]
+
+    @property
+    def ptes(self):
+        return self.tables.a["pte"]
+
+    # ---- frames ---------------------------------------------------------------------------
+    def alloc_block(self, mapping, index, start=0, end=N):
+        """Hand out the next block of 512 frames; frames ``[start, end)`` become allocated."""
+        b = self.blocks.append()
+        rec = self.blocks.a[b]
+        rec["_mapcount"][:] = -1
+        rec["compound_mapcount"] = -1
+        rec["mapping"] = mapping
+        rec["index"] = index
+        rec["alloc_start"], rec["alloc_end"] = start, end
+        return b
+
+    def is_compound(self, b):
+        """``PageCompound()`` of the pages of block ``b`` (a THP not split yet)."""
+        return bool(self.flags[b, 0] & _HEAD)
+
+    def get_pages(self, pfns):
+        """``get_page()`` on each pfn (to the head for a THP subpage)."""
+        b, i = pfns // N, pfns % N
+        h = np.where(self.flags[b, i] & _TAIL, 0, i)
+        np.add.at(self._count, (b, h), 1)
+
+    def put_pages(self, pfns):
+        k_refcount.put_pages(self.flags, self._count, self._mapcount, self.compound_mapcount_raw,
+                             self.deferred, np.ascontiguousarray(pfns, np.int64), self._costs)
+
+    def deferred_split_huge_page(self, b):
+        """Mirror of v5 ``deferred_split_huge_page()``; counted once per THP (MODEL.md)."""
+        if not self.deferred[b]:
+            self.deferred[b] = 1
+            self.events[EV_THP_DEFERRED_SPLIT_PAGE] += 1
+
+    def page_remove_rmap_ptes(self, pfns):
+        """``page_remove_rmap(page)`` (PTE mappings): a subpage reaching -1 queues its THP."""
+        b, i = pfns // N, pfns % N
+        np.add.at(self._mapcount, (b, i), -1)
+        gone = self._mapcount[b, i] == -1
+        compound = (self.flags[b, 0] & _HEAD) != 0
+        for blk in np.unique(b[gone & compound]):
+            self.deferred_split_huge_page(int(blk))
+
+    def page_remove_rmap_compound(self, b):
+        """v5 ``page_remove_rmap(page)`` for a PMD mapping: the last one drops the offset."""
+        cmc = self.compound_mapcount_raw
+        cmc[b] -= 1
+        if cmc[b] >= 0:
+            return
+        row = self._mapcount[b]
+        row -= 1
+        if (row == -1).any():
+            self.deferred_split_huge_page(b)
+
+    # ---- page tables ----------------------------------------------------------------------
+    def pmd_row(self, mm: Mm, haddr: int, create=False):
+        row = mm.pmd_rows.get(haddr)
+        if row is None and create:
+            row = self.pmds.append()
+            rec = self.pmds.a[row]
+            rec["mm"], rec["haddr"], rec["pmd"], rec["pte_table"] = mm.id, haddr, 0, -1
+            mm.pmd_rows[haddr] = row
+        return row
+
+    def table_of(self, row):
+        """The PTE table under PMD entry ``row``, allocated (``pte_alloc``/deposit) when missing."""
+        t = int(self.pte_table[row])
+        if t < 0:
+            t = self.tables.append()
+            self.pte_table[row] = t
+        if not self.pmd[row] & _PAGE_PRESENT:
+            self.pmd[row] = _PAGE_PRESENT
+        return t
+
+    def huge_pmd_rows(self, mm: Mm, start: int, end: int):
+        """PMD rows in ``[start, end)`` (2 MiB slots) with a huge entry, in address order."""
+        out = []
+        for haddr in range(start & ~(HPAGE_PMD_SIZE - 1), end, HPAGE_PMD_SIZE):
+            row = mm.pmd_rows.get(haddr)
+            if row is not None and self.pmd[row] & _PAGE_PSE:
+                out.append((haddr, row))
+        return out
+
+    def split_huge_pmd(self, row):
+        """Mirror of v5 ``split_huge_pmd()`` (not freeze) on the huge PMD entry ``row``."""
+        b = int((int(self.pmd[row]) & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // N
+        self.table_of_huge(row)
+        self._costs[C_PMD_LOCK] += 1
+        self._costs[C_MMU_NOTIFIER] += 1
+        _split_huge_pmd_locked(self.pmd, self.pte_table, self.ptes, row, self._count[b],
+                               self._mapcount[b], self.compound_mapcount_raw, b, False, self._costs,
+                               self.events)
+
+    def table_of_huge(self, row):
+        """Make sure a huge PMD has its deposited PTE table (pgtable_trans_huge_deposit)."""
+        if self.pte_table[row] < 0:
+            self.pte_table[row] = self.tables.append()
+        return int(self.pte_table[row])
+
+    def split_huge_pmd_address(self, mm: Mm, address: int):
+        """Mirror of ``split_huge_pmd_address()``: split a huge PMD that straddles ``address``."""
+        if address % HPAGE_PMD_SIZE == 0:
+            return
+        row = mm.pmd_rows.get(address & ~(HPAGE_PMD_SIZE - 1))
+        if row is not None and self.pmd[row] & _PAGE_PSE:
+            self.split_huge_pmd(row)
+
+    def zap_huge_pmd(self, row):
+        """Mirror of ``zap_huge_pmd()``: clear the entry, page_remove_rmap(compound), put_page."""
+        b = int((int(self.pmd[row]) & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // N
+        self.pmd[row] = 0
+        self.pte_table[row] = -1  # the deposited table is freed with the entry
+        self.page_remove_rmap_compound(b)
+        self.put_pages(np.array([b * N], np.int64))
+
+    def zap_pte_range(self, mm: Mm, start: int, end: int):
+        """Mirror of ``zap_pmd_range()``/``zap_pte_range()`` over ``[start, end)`` of one process."""
+        for haddr in range(start & ~(HPAGE_PMD_SIZE - 1), end, HPAGE_PMD_SIZE):
+            row = mm.pmd_rows.get(haddr)
+            if row is None:
+                continue
+            if self.pmd[row] & _PAGE_PSE:
+                if start <= haddr and haddr + HPAGE_PMD_SIZE <= end:
+                    self.zap_huge_pmd(row)
+                    continue
+                self.split_huge_pmd(row)  # a partly covered PMD is split, then its PTEs zapped
+            if not self.pmd[row] & _PAGE_PRESENT:
+                continue
+            lo = max(start, haddr) - haddr >> PAGE_SHIFT
+            hi = min(end, haddr + HPAGE_PMD_SIZE) - haddr >> PAGE_SHIFT
+            seg = self.ptes[int(self.pte_table[row]), lo:hi]
+            present = (seg & _PAGE_PRESENT) != 0
+            pfns = ((seg[present] & PTE_PFN_MASK) >> PTE_PFN_SHIFT).astype(np.int64)
+            seg[present] = 0
+            if len(pfns):
+                self.page_remove_rmap_ptes(pfns)
+                self.put_pages(pfns)
+
+    # ---- processes and VMAs -------------------------------------------------------------------
+    def anon_vma_interval_tree(self, anon_vma: int, first: int, last: int):
+        """VMAs of ``anon_vma`` whose pgoff range meets ``[first, last]``, in tree order."""
+        hits = [v for v in self.anon_vmas[anon_vma]
+                if v.vm_pgoff <= last and v.vm_pgoff + (v.vm_end - v.vm_start >> PAGE_SHIFT) - 1 >= first]
+        hits.sort(key=lambda v: (v.vm_pgoff, v.mm.id, v.vm_start))
+        return hits
+
+    # ---- views for comparison and export --------------------------------------------------------
+    def page_mapping_index(self):
+        """Derived ``page->mapping`` and ``page->index`` of every frame: ``[block, 512]`` arrays."""
+        a = self.blocks.a
+        free = (a["_count"] == 0) & ((a["flags"] & _TAIL) == 0)
+        tail = (a["flags"] & _TAIL) != 0
+        mapping = np.where(free, MAPPING_NULL, np.where(tail, TAIL_MAPPING, a["mapping"][:, None]))
+        index = a["index"][:, None] + np.arange(N, dtype=np.uint64)[None, :]
+        index = np.where(free | tail, np.uint64(0), index)
+        return mapping, index
+
+    def allocated_pfns(self):
+        """Every pfn ever allocated, ascending."""
+        a = self.blocks.a
+        i = np.arange(N)[None, :]
+        mask = (i >= a["alloc_start"][:, None]) & (i < a["alloc_end"][:, None])
+        return np.flatnonzero(mask.ravel()).astype(np.int64)
+
+    def dump(self) -> dict:
+        """The plain-Python comparison format of ``docs/semantics.md``."""
+        from vmstate.compare import dump_state
+        return dump_state(self)
+
+    def snapshot_summary(self) -> dict:
+        a = self.blocks.a
+        pfns = self.allocated_pfns()
+        b, i = pfns // N, pfns % N
+        in_use = (a["_count"][b, i] != 0) | ((a["flags"][b, i] & _TAIL) != 0)
+        thps = int(((a["flags"][:, 0] & _HEAD) != 0).sum())
+        return {"thps": thps, "pages_in_use": int(in_use.sum())}
+
+    def validate(self):
+        from vmstate.validate import validate_state
+        validate_state(self)
+
+
+def _install_operations():
+    from vmstate import operations
+    for name in operations.__all__:
+        setattr(MemoryState, name, getattr(operations, name))
+
+
+_install_operations()
