@@ -75,8 +75,8 @@ class MemoryState:
 
     def __init__(self):
         self.blocks = _Grow(PAGE_BLOCK_DTYPE)
-        self.blocks.append(FIRST_BLOCK)  # never handed out
-        self.blocks.a["alloc_end"][:] = 0
+        for _ in range(FIRST_BLOCK):  # never handed out: no frame of it is allocated
+            self.alloc_block(MAPPING_NULL, 0, 0, 0)
         self.pmds = _Grow(PMD_DTYPE)
         self.tables = _Grow(PTE_TABLE_DTYPE)
         self.mms: dict[str, Mm] = {}
