@@ -16,78 +16,75 @@ from kernels.pmd import _split_huge_pmd_locked
 
 
 @njit(cache=True)
-def freeze_page_vma(row, head_pfn, b, pmd, pte_table, ptes, _count, _mapcount, compound_mapcount,
-                    costs, events):
+def freeze_page_vma(row, b, pmds, tables, blocks, costs, events):
     """Mirror of the seed's ``freeze_page_vma(vma, page, haddr)``; ``row`` is the PMD entry at haddr."""
     if row < 0:  # !pgd_present || !pud_present
         return
+    head_pfn = b * HPAGE_PMD_NR
     costs[C_PMD_LOCK] += 1
-    entry = pmd[row]
+    entry = pmds[row].pmd
     if not entry & _PAGE_PRESENT:
         return
     if entry & _PAGE_PSE:
         if (entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT == head_pfn:
-            _split_huge_pmd_locked(pmd, pte_table, ptes, row, _count, _mapcount, compound_mapcount,
-                                   b, True, costs, events)
+            _split_huge_pmd_locked(pmds, tables, row, blocks, b, True, costs, events)
         return
     costs[C_PTE_LOCK] += 1
-    t = pte_table[row]
+    pte = tables[pmds[row].pte_table].pte
     for i in range(HPAGE_PMD_NR):
-        pte = ptes[t, i]
-        if not pte & _PAGE_PRESENT:
+        e = pte[i]
+        if not e & _PAGE_PRESENT:
             continue
-        if (pte & PTE_PFN_MASK) >> PTE_PFN_SHIFT != head_pfn + i:
+        if (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != head_pfn + i:
             continue
         costs[C_TLB_FLUSH] += 1  # ptep_clear_flush()
         # make_migration_entry(page, pte_write(entry)), soft-dirty carried to the swap pte
-        ptes[t, i] = (pte & (PTE_PFN_MASK | _PAGE_RW | _PAGE_SOFT_DIRTY)) | _PAGE_VMS_MIGRATION
+        pte[i] = (e & (PTE_PFN_MASK | _PAGE_RW | _PAGE_SOFT_DIRTY)) | _PAGE_VMS_MIGRATION
         costs[C_PTE_WRITE] += 1
 
 
 @njit(cache=True)
-def freeze_page(head_pfn, b, v0, v1, vma_pmd_row, pmd, pte_table, ptes, _count, _mapcount,
-                compound_mapcount, costs, events):
+def freeze_page(b, v0, v1, vma_pmd_row, pmds, tables, blocks, costs, events):
     """Mirror of the seed's ``freeze_page(anon_vma, page)``: one mmu-notifier range per VMA."""
     for v in range(v0, v1):
         costs[C_MMU_NOTIFIER] += 1
-        freeze_page_vma(vma_pmd_row[v], head_pfn, b, pmd, pte_table, ptes, _count, _mapcount,
-                        compound_mapcount, costs, events)
+        freeze_page_vma(vma_pmd_row[v], b, pmds, tables, blocks, costs, events)
 
 
 @njit(cache=True)
-def unfreeze_page_vma(row, writable, pfn, i, pmd, pte_table, ptes, costs):
+def unfreeze_page_vma(row, writable, pfn, i, pmds, tables, costs):
     """Mirror of the seed's ``unfreeze_page_vma(vma, page, address)`` for subpage ``i``."""
     if row < 0:
         return
-    entry = pmd[row]
+    entry = pmds[row].pmd
     if not entry & _PAGE_PRESENT or entry & _PAGE_PSE:  # mm_find_pmd() == NULL
         return
     costs[C_PTE_LOCK] += 1
-    t = pte_table[row]
-    pte = ptes[t, i]
-    if not pte & _PAGE_VMS_MIGRATION:  # !is_swap_pte || !is_migration_entry
+    pte = tables[pmds[row].pte_table].pte
+    e = pte[i]
+    if not e & _PAGE_VMS_MIGRATION:  # !is_swap_pte || !is_migration_entry
         return
-    if (pte & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn:
+    if (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn:
         return
     # pte_mkold(mk_pte(page, vma->vm_page_prot)); maybe_mkwrite() for a write migration entry
     new = (pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT
-    if pte & _PAGE_RW and writable:
+    if e & _PAGE_RW and writable:
         new |= _PAGE_RW
-    ptes[t, i] = new
+    pte[i] = new
     costs[C_PTE_WRITE] += 1
 
 
 @njit(cache=True)
-def unfreeze_page(head_pfn, b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmd, pte_table,
-                  ptes, _mapcount, compound_mapcount, costs):
+def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
     """Mirror of the seed's ``unfreeze_page(anon_vma, page)``: per mapped subpage, per VMA mapping it
     (one PTE lock and one mmu-notifier range each: the review asks why this is not batched)."""
+    page = blocks[b]
     for i in range(HPAGE_PMD_NR):
-        if page_mapcount(_mapcount[b], i, compound_mapcount[b]) == 0:
+        if page_mapcount(page._mapcount, i, page.compound_mapcount) == 0:
             continue
         for v in range(v0, v1):
             if i < vma_lo[v] or i >= vma_hi[v]:  # anon_vma_interval_tree_foreach(pgoff, pgoff)
                 continue
             costs[C_MMU_NOTIFIER] += 1
-            unfreeze_page_vma(vma_pmd_row[v], vma_write[v], head_pfn + i, i, pmd, pte_table, ptes,
+            unfreeze_page_vma(vma_pmd_row[v], vma_write[v], b * HPAGE_PMD_NR + i, i, pmds, tables,
                               costs)

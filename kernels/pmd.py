@@ -1,4 +1,9 @@
-"""Splitting a huge PMD into a PTE table (v5 ``mm/huge_memory.c:__split_huge_pmd_locked()``)."""
+"""Splitting a huge PMD into a PTE table (v5 ``mm/huge_memory.c:__split_huge_pmd_locked()``).
+
+Kernels take the structured arrays themselves (``vmstate.dtypes``) and index one record at a time:
+numba types a record's 512-entry field as a contiguous array, which the SIMD loops need (a 2-D
+field view of the same memory is strided and ran ~7x slower, ``benchmarks/layout_bench.py``).
+"""
 from numba import njit
 
 from kernels.constants import (
@@ -8,36 +13,33 @@ from kernels.constants import (
 
 
 @njit(cache=True)
-def _split_huge_pmd_locked(pmd, pte_table, ptes, row, _count, _mapcount, compound_mapcount, b,
-                           freeze, costs, events):
-    """Mirror of v5 ``__split_huge_pmd_locked(vma, pmd, haddr, freeze)`` for PMD entry ``pmd[row]``.
-
-    ``pte_table[row]`` must already name a table in ``ptes`` (the kernel withdraws the deposited one).
-    ``_count``/``_mapcount`` are the THP's 512-entry rows, ``compound_mapcount[b]`` its raw count.
-    """
-    entry = pmd[row]
+def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
+    """Mirror of v5 ``__split_huge_pmd_locked(vma, pmd, haddr, freeze)`` for PMD entry ``pmds[row]``
+    mapping the THP in block ``b``. ``pmds[row].pte_table`` must name a table (the deposited one)."""
+    entry = pmds[row].pmd
     pfn = (entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT
     write = entry & _PAGE_RW
     young = entry & _PAGE_ACCESSED
-    t = pte_table[row]
+    pte = tables[pmds[row].pte_table].pte
     for i in range(HPAGE_PMD_NR):
         e = (pfn + i) << PTE_PFN_SHIFT
         if freeze:
-            # make_migration_entry(page + i, write)
-            e |= _PAGE_VMS_MIGRATION | write
+            e |= _PAGE_VMS_MIGRATION | write  # make_migration_entry(page + i, write)
         else:
             # mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young; v5 makes
             # every PTE dirty and does not carry soft-dirty.
             e |= _PAGE_PRESENT | _PAGE_DIRTY | write | young
-        ptes[t, i] = e
-    compound_mapcount[b] -= 1
-    if compound_mapcount[b] >= 0:  # !atomic_add_negative(-1, compound_mapcount_ptr(page))
+        pte[i] = e
+    page = blocks[b]
+    page.compound_mapcount -= 1
+    if page.compound_mapcount >= 0:  # !atomic_add_negative(-1, compound_mapcount_ptr(page))
         # Additional reference on subpages: the other PMD mappings keep the offset.
+        mc = page._mapcount
         for i in range(HPAGE_PMD_NR):
-            _mapcount[i] += 1
+            mc[i] += 1
     # else the last compound mapping is gone: the offset becomes every subpage's PTE mapping.
-    _count[0] += HPAGE_PMD_NR - 1
-    pmd[row] = _PAGE_PRESENT  # pmd_populate(): now points at the table
+    page._count[0] += HPAGE_PMD_NR - 1
+    pmds[row].pmd = _PAGE_PRESENT  # pmd_populate(): now points at the table
     events[EV_THP_SPLIT_PMD] += 1
     costs[C_TLB_FLUSH] += 1
     costs[C_PTE_WRITE] += HPAGE_PMD_NR

@@ -1,7 +1,6 @@
 """get_page()/put_page() and page freeing for the v5 design (``include/linux/mm.h``, ``mm/swap.c``).
 
-Page state is field-major per 2 MiB block: ``flags[b, i]``, ``_count[b, i]``, ``_mapcount[b, i]`` for
-pfn ``b * 512 + i``; ``compound_mapcount[b]`` and ``deferred[b]`` per THP.
+Frame ``pfn`` is entry ``i = pfn % 512`` of block record ``blocks[pfn // 512]``.
 """
 from numba import njit
 
@@ -13,49 +12,47 @@ _KEEP_ON_FREE = 1 << PG_hwpoison  # free_pages_prepare(): flags &= ~PAGE_FLAGS_C
 
 
 @njit(cache=True, inline="always")
-def compound_head_index(flags, b, i):
-    """Mirror of ``compound_head()``: index in block ``b`` of the page that holds the count of ``i``."""
-    if flags[b, i] & _TAIL:
+def compound_head_index(page, i):
+    """Mirror of ``compound_head()``: the entry of block record ``page`` holding ``i``'s count."""
+    if page.flags[i] & _TAIL:
         return 0
     return i
 
 
 @njit(cache=True)
-def get_page(flags, _count, b, i):
+def get_page(blocks, b, i):
     """Mirror of v5 ``get_page()``: every reference to a THP subpage goes to the head."""
-    _count[b, compound_head_index(flags, b, i)] += 1
+    page = blocks[b]
+    page._count[compound_head_index(page, i)] += 1
 
 
 @njit(cache=True)
-def put_page(flags, _count, _mapcount, compound_mapcount, deferred, b, i, costs):
+def put_page(blocks, b, i, costs):
     """Mirror of ``put_page()``: drop one reference; the last one frees the page (a THP whole).
-
-    Returns 1 when the page was freed.
-    """
-    h = compound_head_index(flags, b, i)
-    _count[b, h] -= 1
-    if _count[b, h] != 0:
+    Returns 1 when the page was freed."""
+    page = blocks[b]
+    h = compound_head_index(page, i)
+    page._count[h] -= 1
+    if page._count[h] != 0:
         return 0
-    if flags[b, h] & _HEAD:
-        # __put_compound_page() -> free_compound_page(): all 512 frames go back; the THP leaves
-        # the deferred split queue (free_transhuge_page in v5 26/28).
+    if page.flags[h] & _HEAD:
+        # free_compound_page(): all 512 frames go back; the THP leaves the deferred split queue
+        # (free_transhuge_page() in v5 26/28).
         for j in range(HPAGE_PMD_NR):
-            flags[b, j] &= _KEEP_ON_FREE
-            _mapcount[b, j] = -1
-        compound_mapcount[b] = -1
-        deferred[b] = 0
+            page.flags[j] &= _KEEP_ON_FREE
+            page._mapcount[j] = -1
+        page.compound_mapcount = -1
+        page.deferred = 0
         costs[C_PAGES_FREED] += HPAGE_PMD_NR
     else:
-        flags[b, h] &= _KEEP_ON_FREE
-        _mapcount[b, h] = -1
+        page.flags[h] &= _KEEP_ON_FREE
+        page._mapcount[h] = -1
         costs[C_PAGES_FREED] += 1
     return 1
 
 
 @njit(cache=True)
-def put_pages(flags, _count, _mapcount, compound_mapcount, deferred, pfns, costs):
+def put_pages(blocks, pfns, costs):
     """``put_page()`` on every pfn in order (a zap's TLB-gather batch, or an unpin)."""
     for k in range(pfns.shape[0]):
-        b = pfns[k] // HPAGE_PMD_NR
-        put_page(flags, _count, _mapcount, compound_mapcount, deferred, b, pfns[k] % HPAGE_PMD_NR,
-                 costs)
+        put_page(blocks, pfns[k] // HPAGE_PMD_NR, pfns[k] % HPAGE_PMD_NR, costs)

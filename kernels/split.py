@@ -1,9 +1,8 @@
 """``split_huge_page_to_list()`` of the seed and the debugfs-style driver that runs it over many THPs.
 
-Array arguments (see :mod:`kernels.freeze` for the rmap index arrays):
-``flags``, ``_count``, ``_mapcount``: ``[block, 512]`` page fields; ``compound_mapcount``, ``deferred``:
-per block; ``pmd`` (``u64``), ``pte_table`` (``i64``): per PMD entry; ``ptes``: ``[table, 512]`` ``u64``;
-``costs``/``events``: counter vectors indexed by ``C_*``/``EV_*``; ``bug``: four ``i64`` filled on BUG().
+Array arguments: ``blocks``, ``pmds``, ``tables``: the structured arrays of ``vmstate.dtypes``; the
+rmap index arrays of :mod:`kernels.freeze`; ``costs``/``events``: counter vectors indexed by
+``C_*``/``EV_*``; ``bug``: four ``i64`` (head pfn, BUG_* kind, two values tested) filled on BUG().
 """
 from numba import njit
 
@@ -21,79 +20,76 @@ _LOCKED = 1 << PG_locked
 
 
 @njit(cache=True)
-def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount, b, tail, bug):
-    """Mirror of the seed's ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``.
-
-    Returns the tail's mapcount, or -1 after filling ``bug`` (tail ``_count`` was not 0).
-    """
-    mapcount = page_mapcount(_mapcount[b], tail, compound_mapcount[b])
-    if _count[b, tail] != 0:  # BUG_ON(atomic_read(&page_tail->_count) != 0)
+def _split_huge_page_tail(page, b, tail, bug):
+    """Mirror of the seed's ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``
+    on block record ``page``. Returns the tail's mapcount, or -1 after filling ``bug``."""
+    mapcount = page_mapcount(page._mapcount, tail, page.compound_mapcount)
+    if page._count[tail] != 0:  # BUG_ON(atomic_read(&page_tail->_count) != 0)
         bug[0] = b * HPAGE_PMD_NR
         bug[1] = BUG_TAIL_COUNT
         bug[2] = tail
-        bug[3] = _count[b, tail]
+        bug[3] = page._count[tail]
         return -1
-    _count[b, tail] += mapcount + 1
+    page._count[tail] += mapcount + 1
     # flags &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON (clears PG_tail), head's copied, dirty set;
     # lru_add_page_tail(): SetPageLRU when list == NULL. mapping/index: vmstate derives them from the
     # block once PG_tail is clear (mapping = head's, index = head.index + tail).
-    flags[b, tail] = ((flags[b, tail] & (1 << PG_hwpoison)) | (flags[b, 0] & TAIL_COPY_FLAGS)
-                      | (1 << PG_dirty) | (1 << PG_lru))
+    page.flags[tail] = ((page.flags[tail] & (1 << PG_hwpoison)) | (page.flags[0] & TAIL_COPY_FLAGS)
+                        | (1 << PG_dirty) | (1 << PG_lru))
     return mapcount
 
 
 @njit(cache=True)
-def _split_huge_page(b, flags, _count, _mapcount, compound_mapcount, deferred, costs, bug):
+def _split_huge_page(b, blocks, costs, bug):
     """Mirror of the seed's ``__split_huge_page()`` up to ``ClearPageCompound(head)`` (the caller
     then unfreezes and puts). Returns 0, or -1 on BUG."""
+    page = blocks[b]
     costs[C_LRU_LOCK] += 1  # spin_lock_irq(&zone->lru_lock)
     tail_mapcount = 0
     for i in range(HPAGE_PMD_NR - 1, 0, -1):
-        m = _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount, b, i, bug)
+        m = _split_huge_page_tail(page, b, i, bug)
         if m < 0:
             return -1
         tail_mapcount += m
-    _count[b, 0] -= tail_mapcount
-    flags[b, 0] &= ~(1 << PG_head)  # ClearPageCompound(head)
-    compound_mapcount[b] = -1       # page[1].mapping now holds the head's mapping
-    deferred[b] = 0                 # v5 26/28: a split THP leaves the deferred split queue
+    page._count[0] -= tail_mapcount
+    page.flags[0] &= ~(1 << PG_head)  # ClearPageCompound(head)
+    page.compound_mapcount = -1       # page[1].mapping now holds the head's mapping
+    page.deferred = 0                 # v5 26/28: a split THP leaves the deferred split queue
     return 0
 
 
 @njit(cache=True)
-def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, flags, _count,
-                            _mapcount, compound_mapcount, deferred, pmd, pte_table, ptes, costs,
-                            events, bug):
+def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
+                            costs, events, bug):
     """Mirror of the seed's ``split_huge_page_to_list(page, NULL)`` for the THP in block ``b``, passed
     by its head page, which the caller has referenced and locked. Returns (ret, reason)."""
+    page = blocks[b]
     head_pfn = b * HPAGE_PMD_NR
     # page_get_anon_vma(): NULL when !page_mapped(page)
-    if total_mapcount(_mapcount[b], compound_mapcount[b]) == 0:
+    if total_mapcount(page._mapcount, page.compound_mapcount) == 0:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_ANON_VMA
     costs[C_ANON_VMA_LOCK] += 1
     # Racy check if we can split the page, before freeze_page() will split PMDs
-    if total_mapcount(_mapcount[b], compound_mapcount[b]) != _count[b, 0] - 1:
+    if total_mapcount(page._mapcount, page.compound_mapcount) != page._count[0] - 1:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_PRECHECK
-    freeze_page(head_pfn, b, v0, v1, vma_pmd_row, pmd, pte_table, ptes, _count[b], _mapcount[b],
-                compound_mapcount, costs, events)
-    if compound_mapcount[b] != -1:  # VM_BUG_ON_PAGE(compound_mapcount(head), head)
+    freeze_page(b, v0, v1, vma_pmd_row, pmds, tables, blocks, costs, events)
+    if page.compound_mapcount != -1:  # VM_BUG_ON_PAGE(compound_mapcount(head), head)
         bug[0] = head_pfn
         bug[1] = BUG_COMPOUND_MAPCOUNT
-        bug[2] = compound_mapcount[b] + 1
+        bug[2] = page.compound_mapcount + 1
         return -EBUSY, SPLIT_BUG
     # Both values are read once and reported as tested (the review's point).
-    mapcount = total_mapcount(_mapcount[b], compound_mapcount[b])
-    count = _count[b, 0]
+    mapcount = total_mapcount(page._mapcount, page.compound_mapcount)
+    count = page._count[0]
     if mapcount == count - 1:
-        if _split_huge_page(b, flags, _count, _mapcount, compound_mapcount, deferred, costs, bug):
+        if _split_huge_page(b, blocks, costs, bug):
             return -EBUSY, SPLIT_BUG
-        unfreeze_page(head_pfn, b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmd, pte_table,
-                      ptes, _mapcount, compound_mapcount, costs)
+        unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
         for i in range(1, HPAGE_PMD_NR):  # every subpage but @page (the head) is unlocked and put
-            flags[b, i] &= ~_LOCKED
-            put_page(flags, _count, _mapcount, compound_mapcount, deferred, b, i, costs)
+            page.flags[i] &= ~_LOCKED
+            put_page(blocks, b, i, costs)
         events[EV_THP_SPLIT_PAGE] += 1
         return 0, SPLIT_OK
     if mapcount > count - 1:
@@ -102,30 +98,27 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, f
         bug[2] = mapcount
         bug[3] = count
         return -EBUSY, SPLIT_BUG
-    unfreeze_page(head_pfn, b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmd, pte_table, ptes,
-                  _mapcount, compound_mapcount, costs)
+    unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
     events[EV_THP_SPLIT_PAGE_FAILED] += 1
     return -EBUSY, SPLIT_FAIL_RECHECK
 
 
 @njit(cache=True)
-def split_huge_pages_pid(blocks, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, flags, _count,
-                         _mapcount, compound_mapcount, deferred, pmd, pte_table, ptes, ret, reason,
-                         costs, events, bug):
+def split_huge_pages_pid(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
+                         ret, reason, costs, events, bug):
     """Mirror of debugfs ``split_huge_pages`` for a pid range (``mm/huge_memory.c``, v5.x): per THP
-    get_page, lock_page, split_huge_page, unlock_page, put_page. THP ``k`` is block ``blocks[k]``, its
+    get_page, lock_page, split_huge_page, unlock_page, put_page. THP ``k`` is block ``thps[k]``, its
     VMAs ``vma_ptr[k] <= v < vma_ptr[k + 1]``. Stops at the first BUG; returns how many THPs ran."""
-    for k in range(blocks.shape[0]):
-        b = blocks[k]
-        get_page(flags, _count, b, 0)
-        flags[b, 0] |= _LOCKED
+    for k in range(thps.shape[0]):
+        b = thps[k]
+        get_page(blocks, b, 0)
+        blocks[b].flags[0] |= _LOCKED
         r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
-                                         vma_write, flags, _count, _mapcount, compound_mapcount,
-                                         deferred, pmd, pte_table, ptes, costs, events, bug)
+                                         vma_write, blocks, pmds, tables, costs, events, bug)
         ret[k] = r
         reason[k] = why
         if why == SPLIT_BUG:
             return k + 1
-        flags[b, 0] &= ~_LOCKED
-        put_page(flags, _count, _mapcount, compound_mapcount, deferred, b, 0, costs)
-    return blocks.shape[0]
+        blocks[b].flags[0] &= ~_LOCKED
+        put_page(blocks, b, 0, costs)
+    return thps.shape[0]

@@ -20,15 +20,15 @@ PAGE_BLOCK_DTYPE = np.dtype([
     ("alloc_start", np.uint16),          # frames [alloc_start, alloc_end) were ever allocated
     ("alloc_end", np.uint16),
     ("deferred", np.uint8),              # on the deferred split queue (v5 26/28)
-])
+], align=True)
 
 PMD_DTYPE = np.dtype([
     ("mm", np.int32),                    # process id (creation order)
     ("haddr", np.uint64),                # virtual address of the 2 MiB slot
     ("pmd", np.uint64),                  # pmd_t: _PAGE_PSE set = huge entry with the head's pfn
     ("pte_table", np.int64),             # row in the PTE tables, -1 = none
-])
+], align=True)
 
 PTE_TABLE_DTYPE = np.dtype([
     ("pte", np.uint64, (N,)),            # pte_t of each 4 KiB slot
-])
+], align=True)

@@ -369,9 +369,8 @@ def split(self, mm, addr, length) -> SplitResult:
     ret = np.zeros(len(blocks), np.int64)
     reason = np.zeros(len(blocks), np.int64)
     bug = np.zeros(4, np.int64)
-    ran = split_huge_pages_pid(blocks, *rmap, self.flags, self._count, self._mapcount,
-                               self.compound_mapcount_raw, self.deferred, self.pmd, self.pte_table,
-                               self.ptes, ret, reason, self._costs, self.events, bug)
+    ran = split_huge_pages_pid(blocks, *rmap, self.blocks.a, self.pmds.a, self.tables.a, ret, reason,
+                               self._costs, self.events, bug)
     if bug[1]:
         raise _bug_report(bug)
     result = SplitResult(blocks[:ran] * N, ret[:ran], reason[:ran])

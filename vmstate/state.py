@@ -151,8 +151,7 @@ class MemoryState:
         np.add.at(self._count, (b, h), 1)
 
     def put_pages(self, pfns):
-        k_refcount.put_pages(self.flags, self._count, self._mapcount, self.compound_mapcount_raw,
-                             self.deferred, np.ascontiguousarray(pfns, np.int64), self._costs)
+        k_refcount.put_pages(self.blocks.a, np.ascontiguousarray(pfns, np.int64), self._costs)
 
     def deferred_split_huge_page(self, b):
         """Mirror of v5 ``deferred_split_huge_page()``; counted once per THP (MODEL.md)."""
@@ -215,8 +214,7 @@ class MemoryState:
         self.table_of_huge(row)
         self._costs[C_PMD_LOCK] += 1
         self._costs[C_MMU_NOTIFIER] += 1
-        _split_huge_pmd_locked(self.pmd, self.pte_table, self.ptes, row, self._count[b],
-                               self._mapcount[b], self.compound_mapcount_raw, b, False, self._costs,
+        _split_huge_pmd_locked(self.pmds.a, self.tables.a, row, self.blocks.a, b, False, self._costs,
                                self.events)
 
     def table_of_huge(self, row):
