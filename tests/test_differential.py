@@ -1,0 +1,168 @@
+"""Engine vs the pure-Python reference model, bit for bit, on random operation programs.
+
+A hypothesis ``RuleBasedStateMachine`` drives both with the same operations; after every step it
+compares the whole state (page frames, compound mapcounts, deferred queue, PMD and PTE entries, VMAs,
+vm events, cost counters) and the split result codes, and runs the engine's validators. Bad input
+must be refused by both, leaving both states untouched.
+
+How many programs: ``VMSTATE_FUZZ_EXAMPLES`` (default 500) and steps per program
+``VMSTATE_FUZZ_STEPS`` (default 25). For an hour of fuzzing see the README.
+"""
+import os
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from reference import ReferenceState
+from vmstate import BadInput, MemoryState
+from vmstate.compare import diff_dumps
+
+BASE = 0x7F0000000000
+MB2 = 2 << 20
+PAGE = 4096
+NAMES = ["a", "b", "c", "d", "e"]
+
+# Addresses and lengths that hit the interesting cases: aligned and unaligned 2 MiB edges, single
+# pages, whole and partial THPs, ranges over holes.
+slot = st.integers(0, 5)
+page_off = st.sampled_from([0, 0, 0, 1, 17, 256, 511])
+length_pages = st.sampled_from([1, 2, 100, 256, 511, 512, 513, 1024, 1100, 1536, 2048])
+
+
+def addr_of(s, off):
+    return BASE + s * MB2 + off * PAGE
+
+
+class Differential(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.engine = MemoryState()
+        self.ref = ReferenceState()
+        self.alive = []   # live process names
+        self.used = set()
+        self.pins = []    # (mm, addr, len) of pins taken and not released
+        self.steps = 0
+
+    # -- helpers -------------------------------------------------------------------------------
+    def both(self, op, *args):
+        """Run ``op`` on both models; both must succeed alike or both refuse it as bad input."""
+        self.steps += 1
+        errors = []
+        results = []
+        for model in (self.engine, self.ref):
+            try:
+                results.append(getattr(model, op)(*args))
+                errors.append(None)
+            except BadInput as e:
+                results.append(None)
+                errors.append(e)
+        assert (errors[0] is None) == (errors[1] is None), (
+            f"{op}{args}: engine {errors[0]!r} vs reference {errors[1]!r}")
+        return errors[0] is None, results
+
+    def live_vma_range(self, data, name):
+        vmas = self.ref.dump()["vmas"].get(name) or []
+        if not vmas:
+            return None
+        start, end, *_ = data.draw(st.sampled_from(vmas))
+        pages = (end - start) // PAGE
+        lo = data.draw(st.integers(0, pages - 1))
+        n = data.draw(st.integers(1, pages - lo))
+        return start + lo * PAGE, n * PAGE
+
+    # -- rules ---------------------------------------------------------------------------------
+    @rule(name=st.sampled_from(NAMES), s=slot, off=page_off, n=length_pages, thp=st.booleans())
+    def mmap(self, name, s, off, n, thp):
+        ok, _ = self.both("mmap", name, addr_of(s, off), n * PAGE, thp)
+        if ok and name not in self.used:
+            self.used.add(name)
+            self.alive.append(name)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), child=st.sampled_from(NAMES))
+    def fork(self, data, child):
+        parent = data.draw(st.sampled_from(self.alive))
+        ok, _ = self.both("fork", parent, child)
+        if ok:
+            self.used.add(child)
+            self.alive.append(child)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def exit(self, data):
+        name = data.draw(st.sampled_from(self.alive))
+        self.both("exit", name)
+        self.alive.remove(name)
+        self.pins = [p for p in self.pins if p[0] != name]
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages)
+    def munmap(self, data, s, off, n):
+        self.both("munmap", data.draw(st.sampled_from(self.alive)), addr_of(s, off), n * PAGE)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def madvise_dontneed(self, data):
+        name = data.draw(st.sampled_from(self.alive))
+        rng = self.live_vma_range(data, name) or (BASE, PAGE)
+        self.both("madvise_dontneed", name, *rng)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), prot=st.sampled_from(["r", "rw"]))
+    def mprotect(self, data, prot):
+        name = data.draw(st.sampled_from(self.alive))
+        rng = self.live_vma_range(data, name) or (BASE, PAGE)
+        self.both("mprotect", name, *rng, prot)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def pin(self, data):
+        name = data.draw(st.sampled_from(self.alive))
+        rng = self.live_vma_range(data, name) or (BASE, PAGE)
+        ok, _ = self.both("pin", name, *rng)
+        if ok:
+            self.pins.append((name, *rng))
+
+    @precondition(lambda self: self.pins)
+    @rule(data=st.data())
+    def unpin(self, data):
+        p = data.draw(st.sampled_from(self.pins))
+        ok, _ = self.both("unpin", *p)
+        assert ok
+        self.pins.remove(p)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), s=slot, off=page_off)
+    def split_pmd(self, data, s, off):
+        self.both("split_pmd", data.draw(st.sampled_from(self.alive)), addr_of(s, off))
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages)
+    def split(self, data, s, off, n):
+        ok, (res, ref_res) = self.both("split", data.draw(st.sampled_from(self.alive)),
+                                       addr_of(s, off), n * PAGE)
+        if ok:
+            engine = list(zip(res.heads.tolist(), res.ret.tolist(), res.reason.tolist()))
+            assert engine == [tuple(r) for r in ref_res]
+
+    # -- after every step ------------------------------------------------------------------------
+    @invariant()
+    def same_state(self):
+        a, b = self.engine.dump(), self.ref.dump()
+        if a != b:
+            raise AssertionError("engine and reference diverge:\n" + "\n".join(diff_dumps(a, b)))
+
+    @invariant()
+    def validators_pass(self):
+        self.engine.validate()
+
+
+Differential.TestCase.settings = settings(
+    max_examples=int(os.environ.get("VMSTATE_FUZZ_EXAMPLES", "500")),
+    stateful_step_count=int(os.environ.get("VMSTATE_FUZZ_STEPS", "25")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                           HealthCheck.data_too_large],
+)
+TestDifferential = Differential.TestCase
