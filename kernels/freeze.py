@@ -22,7 +22,7 @@ def freeze_page_vma(row, b, pmds, tables, blocks, costs, events):
         return
     head_pfn = b * HPAGE_PMD_NR
     costs[C_PMD_LOCK] += 1
-    entry = pmds[row].pmd
+    entry = pmds[row]["pmd"]
     if not entry & _PAGE_PRESENT:
         return
     if entry & _PAGE_PSE:
@@ -30,7 +30,7 @@ def freeze_page_vma(row, b, pmds, tables, blocks, costs, events):
             _split_huge_pmd_locked(pmds, tables, row, blocks, b, True, costs, events)
         return
     costs[C_PTE_LOCK] += 1
-    pte = tables[pmds[row].pte_table].pte
+    pte = tables[pmds[row]["pte_table"]]["pte"]
     for i in range(HPAGE_PMD_NR):
         e = pte[i]
         if not e & _PAGE_PRESENT:
@@ -56,11 +56,11 @@ def unfreeze_page_vma(row, writable, pfn, i, pmds, tables, costs):
     """Mirror of the seed's ``unfreeze_page_vma(vma, page, address)`` for subpage ``i``."""
     if row < 0:
         return
-    entry = pmds[row].pmd
+    entry = pmds[row]["pmd"]
     if not entry & _PAGE_PRESENT or entry & _PAGE_PSE:  # mm_find_pmd() == NULL
         return
     costs[C_PTE_LOCK] += 1
-    pte = tables[pmds[row].pte_table].pte
+    pte = tables[pmds[row]["pte_table"]]["pte"]
     e = pte[i]
     if not e & _PAGE_VMS_MIGRATION:  # !is_swap_pte || !is_migration_entry
         return
@@ -80,7 +80,7 @@ def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, table
     (one PTE lock and one mmu-notifier range each: the review asks why this is not batched)."""
     page = blocks[b]
     for i in range(HPAGE_PMD_NR):
-        if page_mapcount(page._mapcount, i, page.compound_mapcount) == 0:
+        if page_mapcount(page["_mapcount"], i, page["compound_mapcount"]) == 0:
             continue
         for v in range(v0, v1):
             if i < vma_lo[v] or i >= vma_hi[v]:  # anon_vma_interval_tree_foreach(pgoff, pgoff)

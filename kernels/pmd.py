@@ -15,12 +15,12 @@ from kernels.constants import (
 @njit(cache=True)
 def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
     """Mirror of v5 ``__split_huge_pmd_locked(vma, pmd, haddr, freeze)`` for PMD entry ``pmds[row]``
-    mapping the THP in block ``b``. ``pmds[row].pte_table`` must name a table (the deposited one)."""
-    entry = pmds[row].pmd
+    mapping the THP in block ``b``; its ``pte_table`` must name a table (the deposited one)."""
+    entry = pmds[row]["pmd"]
     pfn = (entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT
     write = entry & _PAGE_RW
     young = entry & _PAGE_ACCESSED
-    pte = tables[pmds[row].pte_table].pte
+    pte = tables[pmds[row]["pte_table"]]["pte"]
     for i in range(HPAGE_PMD_NR):
         e = (pfn + i) << PTE_PFN_SHIFT
         if freeze:
@@ -31,15 +31,15 @@ def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
             e |= _PAGE_PRESENT | _PAGE_DIRTY | write | young
         pte[i] = e
     page = blocks[b]
-    page.compound_mapcount -= 1
-    if page.compound_mapcount >= 0:  # !atomic_add_negative(-1, compound_mapcount_ptr(page))
+    page["compound_mapcount"] -= 1
+    if page["compound_mapcount"] >= 0:  # !atomic_add_negative(-1, compound_mapcount_ptr(page))
         # Additional reference on subpages: the other PMD mappings keep the offset.
-        mc = page._mapcount
+        mc = page["_mapcount"]
         for i in range(HPAGE_PMD_NR):
             mc[i] += 1
     # else the last compound mapping is gone: the offset becomes every subpage's PTE mapping.
-    page._count[0] += HPAGE_PMD_NR - 1
-    pmds[row].pmd = _PAGE_PRESENT  # pmd_populate(): now points at the table
+    page["_count"][0] += HPAGE_PMD_NR - 1
+    pmds[row]["pmd"] = _PAGE_PRESENT  # pmd_populate(): now points at the table
     events[EV_THP_SPLIT_PMD] += 1
     costs[C_TLB_FLUSH] += 1
     costs[C_PTE_WRITE] += HPAGE_PMD_NR

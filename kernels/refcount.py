@@ -14,7 +14,7 @@ _KEEP_ON_FREE = 1 << PG_hwpoison  # free_pages_prepare(): flags &= ~PAGE_FLAGS_C
 @njit(cache=True, inline="always")
 def compound_head_index(page, i):
     """Mirror of ``compound_head()``: the entry of block record ``page`` holding ``i``'s count."""
-    if page.flags[i] & _TAIL:
+    if page["flags"][i] & _TAIL:
         return 0
     return i
 
@@ -23,7 +23,7 @@ def compound_head_index(page, i):
 def get_page(blocks, b, i):
     """Mirror of v5 ``get_page()``: every reference to a THP subpage goes to the head."""
     page = blocks[b]
-    page._count[compound_head_index(page, i)] += 1
+    page["_count"][compound_head_index(page, i)] += 1
 
 
 @njit(cache=True)
@@ -32,21 +32,21 @@ def put_page(blocks, b, i, costs):
     Returns 1 when the page was freed."""
     page = blocks[b]
     h = compound_head_index(page, i)
-    page._count[h] -= 1
-    if page._count[h] != 0:
+    page["_count"][h] -= 1
+    if page["_count"][h] != 0:
         return 0
-    if page.flags[h] & _HEAD:
+    if page["flags"][h] & _HEAD:
         # free_compound_page(): all 512 frames go back; the THP leaves the deferred split queue
         # (free_transhuge_page() in v5 26/28).
         for j in range(HPAGE_PMD_NR):
-            page.flags[j] &= _KEEP_ON_FREE
-            page._mapcount[j] = -1
-        page.compound_mapcount = -1
-        page.deferred = 0
+            page["flags"][j] &= _KEEP_ON_FREE
+            page["_mapcount"][j] = -1
+        page["compound_mapcount"] = -1
+        page["deferred"] = 0
         costs[C_PAGES_FREED] += HPAGE_PMD_NR
     else:
-        page.flags[h] &= _KEEP_ON_FREE
-        page._mapcount[h] = -1
+        page["flags"][h] &= _KEEP_ON_FREE
+        page["_mapcount"][h] = -1
         costs[C_PAGES_FREED] += 1
     return 1
 

@@ -17,25 +17,30 @@ from kernels.mapcount import page_mapcount, total_mapcount
 from kernels.refcount import get_page, put_page
 
 _LOCKED = 1 << PG_locked
+# Masks as positive u32 values: ``~bit`` is a negative Python int, which NUMBA_DISABLE_JIT=1 runs
+# would refuse to combine with the uint32 flags.
+_NOT_LOCKED = 0xFFFFFFFF ^ _LOCKED
+_NOT_HEAD = 0xFFFFFFFF ^ (1 << PG_head)
 
 
 @njit(cache=True)
 def _split_huge_page_tail(page, b, tail, bug):
     """Mirror of the seed's ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``
     on block record ``page``. Returns the tail's mapcount, or -1 after filling ``bug``."""
-    mapcount = page_mapcount(page._mapcount, tail, page.compound_mapcount)
-    if page._count[tail] != 0:  # BUG_ON(atomic_read(&page_tail->_count) != 0)
+    mapcount = page_mapcount(page["_mapcount"], tail, page["compound_mapcount"])
+    if page["_count"][tail] != 0:  # BUG_ON(atomic_read(&page_tail->_count) != 0)
         bug[0] = b * HPAGE_PMD_NR
         bug[1] = BUG_TAIL_COUNT
         bug[2] = tail
-        bug[3] = page._count[tail]
+        bug[3] = page["_count"][tail]
         return -1
-    page._count[tail] += mapcount + 1
+    page["_count"][tail] += mapcount + 1
     # flags &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON (clears PG_tail), head's copied, dirty set;
     # lru_add_page_tail(): SetPageLRU when list == NULL. mapping/index: vmstate derives them from the
     # block once PG_tail is clear (mapping = head's, index = head.index + tail).
-    page.flags[tail] = ((page.flags[tail] & (1 << PG_hwpoison)) | (page.flags[0] & TAIL_COPY_FLAGS)
-                        | (1 << PG_dirty) | (1 << PG_lru))
+    flags = page["flags"]
+    flags[tail] = ((flags[tail] & (1 << PG_hwpoison)) | (flags[0] & TAIL_COPY_FLAGS)
+                   | (1 << PG_dirty) | (1 << PG_lru))
     return mapcount
 
 
@@ -51,10 +56,10 @@ def _split_huge_page(b, blocks, costs, bug):
         if m < 0:
             return -1
         tail_mapcount += m
-    page._count[0] -= tail_mapcount
-    page.flags[0] &= ~(1 << PG_head)  # ClearPageCompound(head)
-    page.compound_mapcount = -1       # page[1].mapping now holds the head's mapping
-    page.deferred = 0                 # v5 26/28: a split THP leaves the deferred split queue
+    page["_count"][0] -= tail_mapcount
+    page["flags"][0] &= _NOT_HEAD  # ClearPageCompound(head)
+    page["compound_mapcount"] = -1    # page[1].mapping now holds the head's mapping
+    page["deferred"] = 0              # v5 26/28: a split THP leaves the deferred split queue
     return 0
 
 
@@ -66,29 +71,29 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
     page = blocks[b]
     head_pfn = b * HPAGE_PMD_NR
     # page_get_anon_vma(): NULL when !page_mapped(page)
-    if total_mapcount(page._mapcount, page.compound_mapcount) == 0:
+    if total_mapcount(page["_mapcount"], page["compound_mapcount"]) == 0:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_ANON_VMA
     costs[C_ANON_VMA_LOCK] += 1
     # Racy check if we can split the page, before freeze_page() will split PMDs
-    if total_mapcount(page._mapcount, page.compound_mapcount) != page._count[0] - 1:
+    if total_mapcount(page["_mapcount"], page["compound_mapcount"]) != page["_count"][0] - 1:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_PRECHECK
     freeze_page(b, v0, v1, vma_pmd_row, pmds, tables, blocks, costs, events)
-    if page.compound_mapcount != -1:  # VM_BUG_ON_PAGE(compound_mapcount(head), head)
+    if page["compound_mapcount"] != -1:  # VM_BUG_ON_PAGE(compound_mapcount(head), head)
         bug[0] = head_pfn
         bug[1] = BUG_COMPOUND_MAPCOUNT
-        bug[2] = page.compound_mapcount + 1
+        bug[2] = page["compound_mapcount"] + 1
         return -EBUSY, SPLIT_BUG
     # Both values are read once and reported as tested (the review's point).
-    mapcount = total_mapcount(page._mapcount, page.compound_mapcount)
-    count = page._count[0]
+    mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"])
+    count = page["_count"][0]
     if mapcount == count - 1:
         if _split_huge_page(b, blocks, costs, bug):
             return -EBUSY, SPLIT_BUG
         unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
         for i in range(1, HPAGE_PMD_NR):  # every subpage but @page (the head) is unlocked and put
-            page.flags[i] &= ~_LOCKED
+            page["flags"][i] &= _NOT_LOCKED
             put_page(blocks, b, i, costs)
         events[EV_THP_SPLIT_PAGE] += 1
         return 0, SPLIT_OK
@@ -112,13 +117,13 @@ def split_huge_pages_pid(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, 
     for k in range(thps.shape[0]):
         b = thps[k]
         get_page(blocks, b, 0)
-        blocks[b].flags[0] |= _LOCKED
+        blocks[b]["flags"][0] |= _LOCKED
         r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
                                          vma_write, blocks, pmds, tables, costs, events, bug)
         ret[k] = r
         reason[k] = why
         if why == SPLIT_BUG:
             return k + 1
-        blocks[b].flags[0] &= ~_LOCKED
+        blocks[b]["flags"][0] &= _NOT_LOCKED
         put_page(blocks, b, 0, costs)
     return thps.shape[0]

@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "state and split_huge_page().")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run a scenario file",
-                              description="Run a scenario file (TOML) and report what happened.")
+                              description="Run a scenario file (TOML) and report what happened.",
+                              epilog="exit status: 0 the scenario ran (failed splits are outcomes), "
+                                     "2 bad input, 3 corrupt state (the kernel's BUG() path)")
     run.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file (TOML)")
     run.add_argument("--out", metavar="DIR", type=Path,
                      help="write DIR/summary.json and DIR/snapshots/<label>/{pages,pagemap}.parquet")

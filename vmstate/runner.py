@@ -1,12 +1,17 @@
 """Run a checked scenario on a fresh :class:`~vmstate.state.MemoryState`, op by op, and collect what
 the contract's summary and snapshots need. Nothing here touches the file system."""
 
+import os
 from dataclasses import dataclass, field
 
 import polars as pl
 
+from kernels.constants import HPAGE_PMD_SIZE
+from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE
 from vmstate.errors import BadInput, CorruptState
+from vmstate.export import pagemap_frame, pages_frame
 from vmstate.scenario import Op, Scenario, where
+from vmstate.state import MemoryState
 
 
 @dataclass
@@ -21,8 +26,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False) -> RunResult:
     """Apply ``scenario.ops`` in order. A BadInput or CorruptState from the engine comes back with the
     op's file, index and line in front of its message. ``validate`` runs ``MemoryState.validate()``
     after every op (a debug switch: it walks the whole state)."""
-    from vmstate.export import pagemap_frame, pages_frame  # here: the engine imports numba
-
+    _check_fits(scenario)
     state = _initial_state(scenario, validate)
     splits, snapshots, summaries = [], {}, {}
     for op in scenario.ops:
@@ -49,9 +53,25 @@ def run_scenario(scenario: Scenario, *, validate: bool = False) -> RunResult:
     return RunResult(summary=summary, snapshots=snapshots)
 
 
-def _initial_state(scenario: Scenario, validate: bool):
-    from vmstate.state import MemoryState
+def _check_fits(scenario: Scenario):
+    """Refuse up front a program whose mmaps alone need more page records than the machine has
+    memory (frames are never reused, so every mmap adds its 2 MiB blocks), rather than be OOM-killed
+    half-way. Arrays grow by doubling: count each record twice."""
+    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    per_block = 2 * (PAGE_BLOCK_DTYPE.itemsize + PMD_DTYPE.itemsize)
+    blocks = 0
+    for op in scenario.ops:
+        if op.op == "mmap":
+            start, end = op.fields["addr"], op.fields["addr"] + op.fields["len"]
+            blocks += (end - 1) // HPAGE_PMD_SIZE - start // HPAGE_PMD_SIZE + 1
+            if blocks * per_block > budget:
+                raise BadInput(f"{where(scenario.path, op.index, op.line)}: field 'len': the mmaps "
+                               f"up to here need about {blocks * per_block / 2**30:.1f} GiB of page "
+                               f"records, the machine has {budget / 2**30:.1f} GiB (ENOMEM)",
+                               field="len")
 
+
+def _initial_state(scenario: Scenario, validate: bool):
     if scenario.population is None:
         return MemoryState()
     if not hasattr(MemoryState, "from_population"):

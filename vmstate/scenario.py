@@ -133,14 +133,16 @@ def _read_text(path: Path) -> str:
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_SCENARIO_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
     except OSError as e:
         code = os.strerror(e.errno) if e.errno else str(e)
         raise BadInput(f"{path}: cannot read the scenario: {code}") from None
     if len(data) > MAX_SCENARIO_BYTES:
-        raise BadInput(f"{path}: expected a scenario of at most 16 MiB, got a larger file "
+        got = f"{size / 2**20:.1f} MiB" if size > MAX_SCENARIO_BYTES else "more"
+        raise BadInput(f"{path}: expected a scenario of at most 16 MiB, got {got} "
                        f"(use [population] to generate a large state)")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # tolerate an editor's byte order mark
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise BadInput(f"{path}: line {line}: expected UTF-8 text (TOML), got byte "
@@ -164,7 +166,7 @@ def _header_lines(text: str) -> dict:
     positions, so scan for header lines outside multi-line strings."""
     found = {"scenario": [], "op": []}
     in_string = None
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # TOML ends lines at LF only
         if in_string is None:
             m = re.fullmatch(r"\s*(\[\[?)\s*(?:\"(\w+)\"|'(\w+)'|(\w+))\s*(\]\]?)\s*(#.*)?", line)
             if m:
