@@ -305,6 +305,33 @@ class MemoryState:
         from vmstate.validate import validate_state
         validate_state(self)
 
+    @classmethod
+    def from_population(cls, table: dict, seed: int = 0) -> "MemoryState":
+        """A state generated from a ``[population]`` table (:mod:`vmstate.population`); refused with
+        the estimate, before allocating, when it would not fit in the memory available."""
+        from vmstate.errors import BadInput
+        from vmstate.population import build_population, parse_population, population_bytes
+        pop = parse_population(table)
+        need, have = population_bytes(pop), available_memory()
+        if need > have:
+            raise BadInput(f"{pop.thps} THPs need about {need / 2**30:.1f} GiB "
+                           f"({need // pop.thps} bytes per THP with its split PTE tables), "
+                           f"{have / 2**30:.1f} GiB is available (ENOMEM)", field="thps")
+        return build_population(cls(), pop, seed)
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo, in bytes (physical memory where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
 
 def _install_operations():
     from vmstate import operations

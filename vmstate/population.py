@@ -1,0 +1,260 @@
+"""``[population]``: a large state generated directly as arrays, from the seed.
+
+The state is the one this operation program produces (:func:`population_program` writes it out, and
+``tests/test_population.py`` checks the two agree exactly for small sizes):
+
+1. ``parent`` mmaps the shared THPs ``[addr, addr + S * 2M)`` and forks ``mappers - 1`` children
+   (``child1`` …), then mmaps the exclusive THPs right after them;
+2. ``split_pmd`` of every PTE-mapped THP in every process that maps it;
+3. ``madvise_dontneed`` of ``unmapped_subpages`` subpages of each partially unmapped THP in the
+   parent (a zap that keeps the VMA, so VMAs stay two per process whatever the size);
+4. ``pins`` ``pin`` ops of one 4 KiB page (never an unmapped one) of each pinned THP, in the parent.
+
+Keys (all optional but ``thps``):
+
+==================== ======== =============================================================
+key                  default  meaning
+==================== ======== =============================================================
+thps                 —        number of THPs
+shared               0.0      fraction of THPs mapped by ``mappers`` processes (fork sharing)
+mappers              2        processes mapping a shared THP (parent + ``mappers - 1`` children)
+pte_mapped           0.0      fraction whose PMDs are split in every process mapping them
+partially_unmapped   0.0      fraction with ``unmapped_subpages`` subpages zapped in the parent
+unmapped_subpages    128      subpages zapped per partially unmapped THP (1..511), at a random offset
+pinned               0.0      fraction with ``pins`` GUP pins on one random mapped subpage
+pins                 1        pins per pinned THP
+addr                 0x7f0000000000  where the parent maps the THPs (2 MiB aligned)
+==================== ======== =============================================================
+
+Fractions become exact counts (``round(fraction * thps)``); which THPs get each property, the zap
+offsets and the pinned subpages come from ``numpy.random.default_rng(seed)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.constants import (
+    ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH,
+    EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PMD, FIRST_BLOCK, HPAGE_PMD_NR,
+    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_head, PG_tail, PTE_PFN_SHIFT, VM_ANON_DEFAULT,
+    VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
+)
+from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
+from vmstate.errors import BadInput
+
+N = HPAGE_PMD_NR
+USER_TOP = 1 << 47
+_FRACTIONS = ("shared", "pte_mapped", "partially_unmapped", "pinned")
+_DEFAULTS = {"thps": None, "shared": 0.0, "mappers": 2, "pte_mapped": 0.0, "partially_unmapped": 0.0,
+             "unmapped_subpages": 128, "pinned": 0.0, "pins": 1, "addr": 0x7F0000000000}
+
+
+@dataclass(frozen=True)
+class Population:
+    thps: int
+    shared: float
+    mappers: int
+    pte_mapped: float
+    partially_unmapped: float
+    unmapped_subpages: int
+    pinned: float
+    pins: int
+    addr: int
+
+    @property
+    def nshared(self):
+        return round(self.shared * self.thps)
+
+
+def parse_population(table: dict) -> Population:
+    """Check the ``[population]`` table; BadInput names the field and what was expected."""
+    if not isinstance(table, dict):
+        raise BadInput("expected a table", field="population")
+    unknown = sorted(set(table) - set(_DEFAULTS))
+    if unknown:
+        raise BadInput(f"unknown key {unknown[0]!r} (expected one of {', '.join(_DEFAULTS)})",
+                       field=unknown[0])
+    p = {**_DEFAULTS, **table}
+    if p["thps"] is None:
+        raise BadInput("missing: the number of THPs to generate", field="thps")
+
+    def integer(k, lo, hi):
+        v = p[k]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise BadInput(f"expected an integer in [{lo}, {hi}], got {v!r}", field=k)
+
+    integer("thps", 1, 1 << 26)
+    integer("mappers", 1, 64)
+    integer("unmapped_subpages", 1, N - 1)
+    integer("pins", 1, 1 << 20)
+    integer("addr", 1, USER_TOP - 1)
+    for k in _FRACTIONS:
+        v = p[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise BadInput(f"expected a fraction in [0, 1], got {v!r}", field=k)
+    if p["addr"] % HPAGE_PMD_SIZE:
+        raise BadInput(f"expected a 2 MiB aligned address, got 0x{p['addr']:x}", field="addr")
+    if p["addr"] + p["thps"] * HPAGE_PMD_SIZE > USER_TOP:
+        raise BadInput("the THPs do not fit below the 47-bit user address space", field="thps")
+    if p["shared"] and p["mappers"] < 2:
+        raise BadInput("shared THPs need mappers >= 2", field="mappers")
+    return Population(**{k: p[k] for k in _DEFAULTS})
+
+
+def population_bytes(pop: Population) -> int:
+    """Peak bytes of the generated state plus splitting all of it: page records, PMD entries, PTE
+    tables (those of PTE-mapped THPs, and one per PMD the split freezes)."""
+    mappings = pop.thps + pop.nshared * (pop.mappers - 1)
+    return (pop.thps * PAGE_BLOCK_DTYPE.itemsize + mappings * PMD_DTYPE.itemsize
+            + mappings * PTE_TABLE_DTYPE.itemsize)
+
+
+@dataclass
+class _Draw:
+    """The seed's choices, one array per property (length ``thps``)."""
+    mappers: np.ndarray
+    pte: np.ndarray
+    partial: np.ndarray
+    offset: np.ndarray      # first zapped subpage of a partially unmapped THP
+    pinned: np.ndarray
+    pin_page: np.ndarray    # the pinned subpage (outside the zapped range)
+
+
+def _draw(pop: Population, seed: int) -> _Draw:
+    rng = np.random.default_rng(seed)
+    n = pop.thps
+
+    def subset(fraction):
+        sel = np.zeros(n, bool)
+        sel[rng.choice(n, round(fraction * n), replace=False)] = True
+        return sel
+
+    pte, partial, pinned = subset(pop.pte_mapped), subset(pop.partially_unmapped), subset(pop.pinned)
+    k = pop.unmapped_subpages
+    offset = np.where(partial, rng.integers(0, N - k + 1, n), 0)
+    q = np.where(partial, rng.integers(0, N - k, n), rng.integers(0, N, n))
+    pin_page = np.where(partial & (q >= offset), q + k, q)
+    mappers = np.where(np.arange(n) < pop.nshared, pop.mappers, 1)
+    return _Draw(mappers, pte, partial, offset, pinned, pin_page)
+
+
+def population_program(pop: Population, seed: int) -> list[tuple]:
+    """The operation program whose result :func:`build_population` generates: ``(op, *args)``."""
+    d = _draw(pop, seed)
+    s, a, two = pop.nshared, pop.addr, HPAGE_PMD_SIZE
+    children = [f"child{c}" for c in range(1, pop.mappers)] if s else []
+    prog = []
+    if s:
+        prog.append(("mmap", "parent", a, s * two))
+        prog += [("fork", "parent", c) for c in children]
+    if s < pop.thps:
+        prog.append(("mmap", "parent", a + s * two, (pop.thps - s) * two))
+    for j in np.flatnonzero(d.pte):
+        for mm in ["parent"] + (children if j < s else []):
+            prog.append(("split_pmd", mm, a + int(j) * two))
+    k = pop.unmapped_subpages
+    for j in np.flatnonzero(d.partial):
+        prog.append(("madvise_dontneed", "parent", a + int(j) * two + int(d.offset[j]) * PAGE_SIZE,
+                     k * PAGE_SIZE))
+    for j in np.flatnonzero(d.pinned):
+        page = a + int(j) * two + int(d.pin_page[j]) * PAGE_SIZE
+        prog += [("pin", "parent", page, PAGE_SIZE)] * pop.pins
+    return prog
+
+
+def build_population(state, pop: Population, seed: int):
+    """Fill an empty :class:`~vmstate.state.MemoryState` with the population, as arrays."""
+    from vmstate.state import Mm, Vma
+
+    d = _draw(pop, seed)
+    n, s, k = pop.thps, pop.nshared, pop.unmapped_subpages
+    m = d.mappers
+    # Per THP: PMD mappings left (P) and PTE mappings of every subpage before the zap (T).
+    P = np.where(d.pte, 0, m - d.partial)
+    T = np.where(d.pte, m, d.partial.astype(np.int64))
+    b0 = state.blocks.append(n)
+    blocks = state.blocks.a[b0:]
+    blocks["flags"][:, 0] = (1 << PG_head) | ANON_FAULT_FLAGS
+    blocks["flags"][:, 1:] = 1 << PG_tail
+    blocks["_mapcount"][:] = (T - 1 + (P > 0))[:, None]
+    zap_rows = np.flatnonzero(d.partial)
+    zap_cols = d.offset[zap_rows, None] + np.arange(k)[None, :]
+    blocks["_mapcount"][zap_rows[:, None], zap_cols] -= 1
+    blocks["compound_mapcount"] = P - 1
+    blocks["_count"][:, 0] = P + N * T - k * d.partial + pop.pins * d.pinned
+    blocks["mapping"] = np.where(np.arange(n) < s, 0, 1 if s else 0)
+    haddr = pop.addr + np.arange(n, dtype=np.int64) * HPAGE_PMD_SIZE
+    blocks["index"] = haddr >> PAGE_SHIFT
+    blocks["alloc_end"] = N
+    blocks["deferred"] = d.partial & (m == 1)
+    heads = (b0 + np.arange(n, dtype=np.int64)) * N
+
+    # Processes and VMAs: two anon_vmas at most (shared run, exclusive run).
+    parent = Mm("parent", 0)
+    state.mms["parent"] = parent
+    children = [Mm(f"child{c}", c) for c in range(1, pop.mappers)] if s else []
+    flags = VM_ANON_DEFAULT | VM_HUGEPAGE
+    end_s = pop.addr + s * HPAGE_PMD_SIZE
+    if s:
+        state.anon_vmas.append([])
+        for mm in [parent] + children:
+            state.mms[mm.name] = mm
+            vma = Vma(mm, pop.addr, end_s, pop.addr >> PAGE_SHIFT, flags, 0)
+            mm.vmas.append(vma)
+            state.anon_vmas[0].append(vma)
+    if s < n:
+        state.anon_vmas.append([])
+        vma = Vma(parent, end_s, pop.addr + n * HPAGE_PMD_SIZE, end_s >> PAGE_SHIFT, flags,
+                  len(state.anon_vmas) - 1)
+        parent.vmas.append(vma)
+        state.anon_vmas[-1].append(vma)
+
+    # Page tables. copy_huge_pmd write-protected the parent's shared PMDs and made the child's old.
+    young_parent = _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY
+    write = np.where(m == 1, _PAGE_RW, 0)
+    _add_entries(state, parent, haddr, heads, young_parent | write, d.pte | d.partial,
+                 zap=(d.partial, d.offset, k))
+    for c in children:
+        _add_entries(state, c, haddr[:s], heads[:s], _PAGE_PRESENT | _PAGE_DIRTY, d.pte[:s])
+
+    splits = int((d.pte * m).sum() + (d.partial & ~d.pte).sum())
+    state.events[EV_THP_FAULT_ALLOC] += n
+    state.events[EV_THP_SPLIT_PMD] += splits
+    state.events[EV_THP_DEFERRED_SPLIT_PAGE] += int(blocks["deferred"].sum())
+    for c in (C_PMD_LOCK, C_MMU_NOTIFIER, C_TLB_FLUSH):
+        state._costs[c] += splits
+    state._costs[C_PTE_WRITE] += splits * N
+
+    pin_pfns = heads[d.pinned] + d.pin_page[d.pinned]
+    for pfn, page in zip(pin_pfns.tolist(), (haddr[d.pinned] + d.pin_page[d.pinned] * PAGE_SIZE).tolist()):
+        state.pins[("parent", page, PAGE_SIZE)] = [np.array([pfn], np.int64) for _ in range(pop.pins)]
+    return state
+
+
+def _add_entries(state, mm, haddr, heads, bits, split, zap=None):
+    """PMD entries of ``mm`` for THPs at ``haddr``: huge where not ``split``, else a PTE table with
+    the PTEs ``__split_huge_pmd_locked`` writes (``bits`` | pfn; dirty, young and write as given)."""
+    n = len(haddr)
+    r0 = state.pmds.append(n)
+    rows = state.pmds.a[r0:]
+    rows["mm"] = mm.id
+    rows["haddr"] = haddr
+    rows["pte_table"] = -1
+    bits = np.broadcast_to(np.asarray(bits, np.uint64), (n,))
+    huge = (heads.astype(np.uint64) << np.uint64(PTE_PFN_SHIFT)) | bits | np.uint64(_PAGE_PSE)
+    rows["pmd"] = np.where(split, np.uint64(_PAGE_PRESENT), huge)
+    split_idx = np.flatnonzero(split)
+    if len(split_idx):
+        t0 = state.tables.append(len(split_idx))
+        rows["pte_table"][split_idx] = t0 + np.arange(len(split_idx))
+        pfns = heads[split_idx, None].astype(np.uint64) + np.arange(N, dtype=np.uint64)[None, :]
+        # split_huge_pmd always makes PTEs dirty; present, write and young come from the PMD
+        state.tables.a["pte"][t0:] = (pfns << np.uint64(PTE_PFN_SHIFT)) | bits[split_idx, None]
+        if zap is not None:
+            partial, offset, k = zap
+            z = np.flatnonzero(partial[split_idx])
+            cols = offset[split_idx[z], None] + np.arange(k)[None, :]
+            state.tables.a["pte"][t0 + z[:, None], cols] = 0
+    mm.pmd_rows.update(zip(haddr.tolist(), range(r0, r0 + n)))
