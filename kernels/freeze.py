@@ -51,16 +51,11 @@ def freeze_page(b, v0, v1, vma_pmd_row, pmds, tables, blocks, costs, events):
         freeze_page_vma(vma_pmd_row[v], b, pmds, tables, blocks, costs, events)
 
 
-@njit(cache=True)
-def unfreeze_page_vma(row, writable, pfn, i, pmds, tables, costs):
-    """Mirror of the seed's ``unfreeze_page_vma(vma, page, address)`` for subpage ``i``."""
-    if row < 0:
-        return
-    entry = pmds[row]["pmd"]
-    if not entry & _PAGE_PRESENT or entry & _PAGE_PSE:  # mm_find_pmd() == NULL
-        return
+@njit(cache=True, inline="always")
+def unfreeze_page_vma(pte, writable, pfn, i, costs):
+    """Mirror of the seed's ``unfreeze_page_vma(vma, page, address)`` for subpage ``i``, given the
+    PTE table the process has at the THP's slot (the caller did ``mm_find_pmd()``)."""
     costs[C_PTE_LOCK] += 1
-    pte = tables[pmds[row]["pte_table"]]["pte"]
     e = pte[i]
     if not e & _PAGE_VMS_MIGRATION:  # !is_swap_pte || !is_migration_entry
         return
@@ -76,15 +71,25 @@ def unfreeze_page_vma(row, writable, pfn, i, pmds, tables, costs):
 
 @njit(cache=True)
 def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
-    """Mirror of the seed's ``unfreeze_page(anon_vma, page)``: per mapped subpage, per VMA mapping it
-    (one PTE lock and one mmu-notifier range each: the review asks why this is not batched)."""
+    """Mirror of the seed's ``unfreeze_page(anon_vma, page)``: per mapped subpage, per VMA mapping it,
+    one mmu-notifier range and one PTE lock (the review asks why this is not batched).
+
+    The C loops subpage-major (``for i: anon_vma_interval_tree_foreach(pgoff + i)``); this loops
+    VMA-major so the PMD lookup (``mm_find_pmd``) is done once per VMA. Every (subpage, VMA) pair
+    touches its own PTE, so the order changes nothing but speed.
+    """
     page = blocks[b]
-    for i in range(HPAGE_PMD_NR):
-        if page_mapcount(page["_mapcount"], i, page["compound_mapcount"]) == 0:
-            continue
-        for v in range(v0, v1):
-            if i < vma_lo[v] or i >= vma_hi[v]:  # anon_vma_interval_tree_foreach(pgoff, pgoff)
-                continue
-            costs[C_MMU_NOTIFIER] += 1
-            unfreeze_page_vma(vma_pmd_row[v], vma_write[v], b * HPAGE_PMD_NR + i, i, pmds, tables,
-                              costs)
+    _mapcount = page["_mapcount"]
+    cmc = page["compound_mapcount"]
+    for v in range(v0, v1):
+        row = vma_pmd_row[v]
+        if row >= 0 and pmds[row]["pmd"] & _PAGE_PRESENT and not pmds[row]["pmd"] & _PAGE_PSE:
+            pte = tables[pmds[row]["pte_table"]]["pte"]  # mm_find_pmd() found a PTE table
+            for i in range(vma_lo[v], vma_hi[v]):
+                if page_mapcount(_mapcount, i, cmc):
+                    costs[C_MMU_NOTIFIER] += 1
+                    unfreeze_page_vma(pte, vma_write[v], b * HPAGE_PMD_NR + i, i, costs)
+        else:
+            for i in range(vma_lo[v], vma_hi[v]):
+                if page_mapcount(_mapcount, i, cmc):
+                    costs[C_MMU_NOTIFIER] += 1

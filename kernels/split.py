@@ -4,10 +4,11 @@ Array arguments: ``blocks``, ``pmds``, ``tables``: the structured arrays of ``vm
 rmap index arrays of :mod:`kernels.freeze`; ``costs``/``events``: counter vectors indexed by
 ``C_*``/``EV_*``; ``bug``: four ``i64`` (head pfn, BUG_* kind, two values tested) filled on BUG().
 """
-from numba import njit
+from numba import get_thread_id, njit, prange
 
 from kernels.constants import (
-    BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, C_ANON_VMA_LOCK, C_LRU_LOCK, EBUSY,
+    BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, C_ANON_VMA_LOCK, C_LRU_LOCK,
+    C_PAGES_FREED, EBUSY,
     EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED, HPAGE_PMD_NR, PG_dirty, PG_head, PG_hwpoison,
     PG_locked, PG_lru, SPLIT_BUG, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK,
     SPLIT_OK, TAIL_COPY_FLAGS,
@@ -23,22 +24,16 @@ _NOT_LOCKED = 0xFFFFFFFF ^ _LOCKED
 _NOT_HEAD = 0xFFFFFFFF ^ (1 << PG_head)
 
 
-@njit(cache=True)
-def _split_huge_page_tail(page, b, tail, bug):
-    """Mirror of the seed's ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``
-    on block record ``page``. Returns the tail's mapcount, or -1 after filling ``bug``."""
-    mapcount = page_mapcount(page["_mapcount"], tail, page["compound_mapcount"])
-    if page["_count"][tail] != 0:  # BUG_ON(atomic_read(&page_tail->_count) != 0)
-        bug[0] = b * HPAGE_PMD_NR
-        bug[1] = BUG_TAIL_COUNT
-        bug[2] = tail
-        bug[3] = page["_count"][tail]
-        return -1
-    page["_count"][tail] += mapcount + 1
+@njit(cache=True, inline="always")
+def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, tail):
+    """Mirror of the seed's ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``,
+    over one THP's 512-entry fields; the caller has checked ``BUG_ON(page_tail->_count != 0)``.
+    Returns the tail's mapcount."""
+    mapcount = page_mapcount(_mapcount, tail, compound_mapcount_raw)
+    _count[tail] += mapcount + 1
     # flags &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON (clears PG_tail), head's copied, dirty set;
     # lru_add_page_tail(): SetPageLRU when list == NULL. mapping/index: vmstate derives them from the
     # block once PG_tail is clear (mapping = head's, index = head.index + tail).
-    flags = page["flags"]
     flags[tail] = ((flags[tail] & (1 << PG_hwpoison)) | (flags[0] & TAIL_COPY_FLAGS)
                    | (1 << PG_dirty) | (1 << PG_lru))
     return mapcount
@@ -49,18 +44,41 @@ def _split_huge_page(b, blocks, costs, bug):
     """Mirror of the seed's ``__split_huge_page()`` up to ``ClearPageCompound(head)`` (the caller
     then unfreezes and puts). Returns 0, or -1 on BUG."""
     page = blocks[b]
+    flags, _count, _mapcount = page["flags"], page["_count"], page["_mapcount"]
+    cmc = page["compound_mapcount"]
     costs[C_LRU_LOCK] += 1  # spin_lock_irq(&zone->lru_lock)
+    for i in range(HPAGE_PMD_NR - 1, 0, -1):
+        # BUG_ON(tail _count != 0), checked for all tails first so the loop below has no exit
+        if _count[i] != 0:
+            bug[0] = b * HPAGE_PMD_NR
+            bug[1] = BUG_TAIL_COUNT
+            bug[2] = i
+            bug[3] = _count[i]
+            return -1
     tail_mapcount = 0
     for i in range(HPAGE_PMD_NR - 1, 0, -1):
-        m = _split_huge_page_tail(page, b, i, bug)
-        if m < 0:
-            return -1
-        tail_mapcount += m
-    page["_count"][0] -= tail_mapcount
-    page["flags"][0] &= _NOT_HEAD  # ClearPageCompound(head)
+        tail_mapcount += _split_huge_page_tail(flags, _count, _mapcount, cmc, i)
+    _count[0] -= tail_mapcount
+    flags[0] &= _NOT_HEAD             # ClearPageCompound(head)
     page["compound_mapcount"] = -1    # page[1].mapping now holds the head's mapping
     page["deferred"] = 0              # v5 26/28: a split THP leaves the deferred split queue
     return 0
+
+
+@njit(cache=True, inline="always")
+def _put_split_subpages(page, costs):
+    """The seed's final loop: unlock_page + put_page on every subpage but @page (the head). They
+    are single pages now, so put_page() frees at 0 (``kernels.refcount.put_page``, inlined)."""
+    flags, _count, _mapcount = page["flags"], page["_count"], page["_mapcount"]
+    freed = 0
+    for i in range(1, HPAGE_PMD_NR):
+        flags[i] &= _NOT_LOCKED
+        _count[i] -= 1
+        if _count[i] == 0:
+            flags[i] &= 1 << PG_hwpoison
+            _mapcount[i] = -1
+            freed += 1
+    costs[C_PAGES_FREED] += freed
 
 
 @njit(cache=True)
@@ -92,9 +110,7 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
         if _split_huge_page(b, blocks, costs, bug):
             return -EBUSY, SPLIT_BUG
         unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
-        for i in range(1, HPAGE_PMD_NR):  # every subpage but @page (the head) is unlocked and put
-            page["flags"][i] &= _NOT_LOCKED
-            put_page(blocks, b, i, costs)
+        _put_split_subpages(page, costs)
         events[EV_THP_SPLIT_PAGE] += 1
         return 0, SPLIT_OK
     if mapcount > count - 1:
@@ -127,3 +143,130 @@ def split_huge_pages_pid(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, 
         blocks[b]["flags"][0] &= _NOT_LOCKED
         put_page(blocks, b, 0, costs)
     return thps.shape[0]
+
+
+# ---- The same split, phase by phase over many THPs --------------------------------------------
+# THPs never share a block, a PMD entry or a PTE table, so running each phase of
+# split_huge_page_to_list() over all of them before the next gives the state the serial driver
+# above gives (tests/test_split_phases.py checks it), lets prange share the work, and lets a
+# benchmark time each phase. Counters go to per-thread rows of ``costs``/``events`` (reduced by
+# the caller); ``reason[k]`` carries each THP from phase to phase (-1: still going).
+PENDING = -1
+
+
+@njit(cache=True, parallel=True)
+def phase_precheck(thps, blocks, reason, ret, costs, events):
+    """get_page + lock_page, page_get_anon_vma and the racy precheck of every THP."""
+    for k in prange(thps.shape[0]):
+        t = get_thread_id()
+        b = thps[k]
+        page = blocks[b]
+        page["_count"][0] += 1
+        page["flags"][0] |= _LOCKED
+        mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"])
+        if mapcount == 0:
+            reason[k] = SPLIT_FAIL_ANON_VMA
+            ret[k] = -EBUSY
+            events[t, EV_THP_SPLIT_PAGE_FAILED] += 1
+            continue
+        costs[t, C_ANON_VMA_LOCK] += 1
+        if mapcount != page["_count"][0] - 1:
+            reason[k] = SPLIT_FAIL_PRECHECK
+            ret[k] = -EBUSY
+            events[t, EV_THP_SPLIT_PAGE_FAILED] += 1
+            continue
+        reason[k] = PENDING
+
+
+@njit(cache=True, parallel=True)
+def phase_freeze(thps, vma_ptr, vma_pmd_row, blocks, pmds, tables, reason, costs, events):
+    for k in prange(thps.shape[0]):
+        if reason[k] == PENDING:
+            t = get_thread_id()
+            freeze_page(thps[k], vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, pmds, tables, blocks,
+                        costs[t], events[t])
+
+
+@njit(cache=True, parallel=True)
+def phase_recheck(thps, blocks, reason, ret, bugs, events):
+    """The recheck after freeze_page(); a BUG leaves (kind, value, value) in ``bugs[k]``."""
+    for k in prange(thps.shape[0]):
+        if reason[k] != PENDING:
+            continue
+        page = blocks[thps[k]]
+        if page["compound_mapcount"] != -1:
+            reason[k] = SPLIT_BUG
+            bugs[k, 0] = BUG_COMPOUND_MAPCOUNT
+            bugs[k, 1] = page["compound_mapcount"] + 1
+            continue
+        mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"])
+        count = page["_count"][0]
+        if mapcount == count - 1:
+            continue
+        if mapcount > count - 1:
+            reason[k] = SPLIT_BUG
+            bugs[k, 0] = BUG_RECHECK_MAPCOUNT
+            bugs[k, 1] = mapcount
+            bugs[k, 2] = count
+            continue
+        reason[k] = SPLIT_FAIL_RECHECK
+        ret[k] = -EBUSY
+        events[get_thread_id(), EV_THP_SPLIT_PAGE_FAILED] += 1
+
+
+@njit(cache=True, parallel=True)
+def phase_split_tails(thps, blocks, reason, bugs, costs, bug):
+    """__split_huge_page() of every THP that passed the recheck; ``bug``: a scratch row per thread."""
+    for k in prange(thps.shape[0]):
+        if reason[k] == PENDING:
+            t = get_thread_id()
+            if _split_huge_page(thps[k], blocks, costs[t], bug[t]):
+                reason[k] = SPLIT_BUG
+                bugs[k, 0] = BUG_TAIL_COUNT
+                bugs[k, 1] = bug[t, 2]
+                bugs[k, 2] = bug[t, 3]
+
+
+@njit(cache=True, parallel=True)
+def phase_unfreeze(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
+                   reason, costs):
+    for k in prange(thps.shape[0]):
+        if reason[k] == PENDING or reason[k] == SPLIT_FAIL_RECHECK:
+            unfreeze_page(thps[k], vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
+                          vma_write, pmds, tables, blocks, costs[get_thread_id()])
+
+
+@njit(cache=True, parallel=True)
+def phase_put(thps, blocks, reason, ret, costs, events):
+    """Unlock and put every subpage but the head of a split THP; unlock and put every head."""
+    for k in prange(thps.shape[0]):
+        t = get_thread_id()
+        b = thps[k]
+        if reason[k] == PENDING:
+            _put_split_subpages(blocks[b], costs[t])
+            reason[k] = SPLIT_OK
+            ret[k] = 0
+            events[t, EV_THP_SPLIT_PAGE] += 1
+        blocks[b]["flags"][0] &= _NOT_LOCKED
+        put_page(blocks, b, 0, costs[t])
+
+
+@njit(cache=True, parallel=True)
+def split_huge_pages_parallel(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds,
+                              tables, ret, reason, costs, events, bugs):
+    """``split_huge_pages_pid`` with every THP on its own iteration of a prange (THPs share no
+    block, PMD entry or PTE table): one pass over each THP's memory, counters in per-thread rows.
+    A THP that hits BUG() keeps its state and ``bugs[k] = (kind, value, value)``; the others go on."""
+    for k in prange(thps.shape[0]):
+        t = get_thread_id()
+        b = thps[k]
+        get_page(blocks, b, 0)
+        blocks[b]["flags"][0] |= _LOCKED
+        bug = bugs[k]
+        r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
+                                         vma_write, blocks, pmds, tables, costs[t], events[t], bug)
+        ret[k] = r
+        reason[k] = why
+        if why != SPLIT_BUG:
+            blocks[b]["flags"][0] &= _NOT_LOCKED
+            put_page(blocks, b, 0, costs[t])

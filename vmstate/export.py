@@ -10,7 +10,7 @@ from kernels.constants import (
     HPAGE_PMD_NR, PG_active, PG_dirty, PG_error, PG_head, PG_hwpoison, PG_locked, PG_lru,
     PG_mlocked, PG_reclaim, PG_referenced, PG_slab, PG_swapbacked, PG_swapcache, PG_tail,
     PG_unevictable, PG_uptodate, PG_writeback, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT,
-    _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION, MAPPING_NULL, TAIL_MAPPING,
+    _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
 )
 
 N = HPAGE_PMD_NR

@@ -6,18 +6,16 @@ result arrays, not exceptions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from kernels.constants import (
-    BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, EV_THP_FAULT_ALLOC, HPAGE_PMD_NR,
-    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_head, PTE_PFN_MASK, PTE_PFN_SHIFT, SPLIT_OK,
+    EV_THP_FAULT_ALLOC, HPAGE_PMD_NR,
+    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_head, PTE_PFN_MASK, PTE_PFN_SHIFT,
     ANON_FAULT_FLAGS, PG_tail, VM_ANON_DEFAULT, VM_HUGEPAGE, VM_WRITE, _PAGE_ACCESSED, _PAGE_DIRTY,
     _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
-from kernels.split import split_huge_pages_pid
-from vmstate.errors import BadInput, CorruptState
+from vmstate.errors import BadInput
+from vmstate.split import SplitResult, split_thps, thps_mapped
 from vmstate.state import Mm, Vma
 
 __all__ = ["mmap", "fork", "exit", "munmap", "madvise_dontneed", "mprotect", "pin", "unpin",
@@ -26,26 +24,6 @@ __all__ = ["mmap", "fork", "exit", "munmap", "madvise_dontneed", "mprotect", "pi
 N = HPAGE_PMD_NR
 USER_TOP = 1 << 47
 _FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY
-
-
-@dataclass
-class SplitResult:
-    """Outcome of one ``split`` op: per THP in split order, the head pfn, ret and reason."""
-    heads: np.ndarray
-    ret: np.ndarray
-    reason: np.ndarray
-
-    @property
-    def attempted(self):
-        return len(self.heads)
-
-    @property
-    def succeeded(self):
-        return int((self.reason == SPLIT_OK).sum())
-
-    @property
-    def failed(self):
-        return self.attempted - self.succeeded
 
 
 # ---- checks -----------------------------------------------------------------------------------
@@ -358,78 +336,11 @@ def split_pmd(self, mm, addr):
 
 def split(self, mm, addr, length) -> SplitResult:
     """debugfs ``split_huge_pages`` on ``[addr, addr + len)`` of a process: each THP mapped there once,
-    by lowest address, through ``split_huge_page_to_list(head, NULL)`` (:mod:`kernels.split`)."""
+    by lowest address, through ``split_huge_page_to_list(head, NULL)`` (:mod:`vmstate.split`)."""
     m = _live_mm(self, mm)
     end = _check_range(addr, length)
-    vmas = _vmas_in(m, addr, end)
-    if not vmas:
+    if not _vmas_in(m, addr, end):
         raise BadInput(f"0x{addr:x}-0x{end:x} overlaps no mapping of process {mm!r}", field="addr")
-    blocks = _thps_mapped(self, m, vmas, addr, end)
-    rmap = _rmap_arrays(self, blocks)
-    ret = np.zeros(len(blocks), np.int64)
-    reason = np.zeros(len(blocks), np.int64)
-    bug = np.zeros(4, np.int64)
-    ran = split_huge_pages_pid(blocks, *rmap, self.blocks.a, self.pmds.a, self.tables.a, ret, reason,
-                               self._costs, self.events, bug)
-    if bug[1]:
-        raise _bug_report(bug)
-    result = SplitResult(blocks[:ran] * N, ret[:ran], reason[:ran])
+    result = split_thps(self, thps_mapped(self, m, addr, end))
     _after(self)
     return result
-
-
-def _thps_mapped(state, mm, vmas, start, end):
-    """Blocks of the THPs mapped in ``[start, end)``, once each, by lowest mapping address."""
-    seen = {}
-    for vma in vmas:
-        s, e = max(start, vma.vm_start), min(end, vma.vm_end)
-        for haddr in _hpage_slots(s, e):
-            row = mm.pmd_rows.get(haddr)
-            if row is None or not state.pmd[row] & _PAGE_PRESENT:
-                continue
-            if state.pmd[row] & _PAGE_PSE:
-                seen.setdefault(((int(state.pmd[row]) & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // N, None)
-                continue
-            lo, hi = _pte_span(haddr, s, e)
-            seg = state.ptes[int(state.pte_table[row]), lo:hi]
-            pfns = ((seg[(seg & _PAGE_PRESENT) != 0] & PTE_PFN_MASK) >> PTE_PFN_SHIFT).astype(np.int64)
-            for b in pfns // N:
-                if state.flags[b, 0] & (1 << PG_head):
-                    seen.setdefault(int(b), None)
-    return np.fromiter(seen, np.int64, len(seen))
-
-
-def _rmap_arrays(state, blocks):
-    """The anon_vma walk of each THP as CSR index arrays for the kernels (see kernels/freeze.py)."""
-    ptr, rows, lo, hi, write = [0], [], [], [], []
-    for b in blocks:
-        index = int(state.blocks.a["index"][b])
-        for vma in state.anon_vma_interval_tree(int(state.blocks.a["mapping"][b]), index,
-                                                index + N - 1):
-            haddr = (vma.vm_start + ((index - vma.vm_pgoff) << PAGE_SHIFT)) & ~(HPAGE_PMD_SIZE - 1)
-            row = vma.mm.pmd_rows.get(haddr, -1)
-            if row >= 0 and state.pmd[row] & _PAGE_PSE:
-                state.table_of_huge(row)
-            rows.append(row)
-            pages = (vma.vm_end - vma.vm_start) >> PAGE_SHIFT
-            lo.append(max(0, vma.vm_pgoff - index))
-            hi.append(min(N, vma.vm_pgoff + pages - index))
-            write.append(1 if vma.vm_flags & VM_WRITE else 0)
-        ptr.append(len(rows))
-    return (np.array(ptr, np.int64), np.array(rows, np.int64), np.array(lo, np.int64),
-            np.array(hi, np.int64), np.array(write, np.int64))
-
-
-def _bug_report(bug):
-    head, kind, a, b = (int(x) for x in bug)
-    if kind == BUG_RECHECK_MAPCOUNT:
-        msg = (f"pfn 0x{head:x}: split_huge_page_to_list() recheck found total_mapcount={a} > "
-               f"page_count - 1 = {b - 1} (page_count={b}); the kernel BUG()s here")
-    elif kind == BUG_COMPOUND_MAPCOUNT:
-        msg = (f"pfn 0x{head:x}: compound_mapcount={a} after freeze_page(), expected 0 "
-               f"(VM_BUG_ON_PAGE in split_huge_page_to_list)")
-    elif kind == BUG_TAIL_COUNT:
-        msg = (f"pfn 0x{head + a:x}: tail _count={b} in __split_huge_page_tail(), expected 0")
-    else:
-        msg = f"pfn 0x{head:x}: unknown BUG kind {kind}"
-    return CorruptState(msg, pfn=head, rule="split_huge_page_to_list")

@@ -37,7 +37,7 @@ import numpy as np
 
 from kernels.constants import (
     ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH,
-    EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PMD, FIRST_BLOCK, HPAGE_PMD_NR,
+    EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PMD, HPAGE_PMD_NR,
     HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_head, PG_tail, PTE_PFN_SHIFT, VM_ANON_DEFAULT,
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
@@ -174,7 +174,7 @@ def build_population(state, pop: Population, seed: int):
     # Per THP: PMD mappings left (P) and PTE mappings of every subpage before the zap (T).
     P = np.where(d.pte, 0, m - d.partial)
     T = np.where(d.pte, m, d.partial.astype(np.int64))
-    b0 = state.blocks.append(n)
+    b0 = state.blocks.append(n, zero=False)  # every field is written below
     blocks = state.blocks.a[b0:]
     blocks["flags"][:, 0] = (1 << PG_head) | ANON_FAULT_FLAGS
     blocks["flags"][:, 1:] = 1 << PG_tail
@@ -183,10 +183,12 @@ def build_population(state, pop: Population, seed: int):
     zap_cols = d.offset[zap_rows, None] + np.arange(k)[None, :]
     blocks["_mapcount"][zap_rows[:, None], zap_cols] -= 1
     blocks["compound_mapcount"] = P - 1
+    blocks["_count"][:, 1:] = 0
     blocks["_count"][:, 0] = P + N * T - k * d.partial + pop.pins * d.pinned
     blocks["mapping"] = np.where(np.arange(n) < s, 0, 1 if s else 0)
     haddr = pop.addr + np.arange(n, dtype=np.int64) * HPAGE_PMD_SIZE
     blocks["index"] = haddr >> PAGE_SHIFT
+    blocks["alloc_start"] = 0
     blocks["alloc_end"] = N
     blocks["deferred"] = d.partial & (m == 1)
     heads = (b0 + np.arange(n, dtype=np.int64)) * N
@@ -237,7 +239,7 @@ def _add_entries(state, mm, haddr, heads, bits, split, zap=None):
     """PMD entries of ``mm`` for THPs at ``haddr``: huge where not ``split``, else a PTE table with
     the PTEs ``__split_huge_pmd_locked`` writes (``bits`` | pfn; dirty, young and write as given)."""
     n = len(haddr)
-    r0 = state.pmds.append(n)
+    r0 = state.pmds.append(n, zero=False)
     rows = state.pmds.a[r0:]
     rows["mm"] = mm.id
     rows["haddr"] = haddr
@@ -247,7 +249,7 @@ def _add_entries(state, mm, haddr, heads, bits, split, zap=None):
     rows["pmd"] = np.where(split, np.uint64(_PAGE_PRESENT), huge)
     split_idx = np.flatnonzero(split)
     if len(split_idx):
-        t0 = state.tables.append(len(split_idx))
+        t0 = state.tables.append(len(split_idx), zero=False)
         rows["pte_table"][split_idx] = t0 + np.arange(len(split_idx))
         pfns = heads[split_idx, None].astype(np.uint64) + np.arange(N, dtype=np.uint64)[None, :]
         # split_huge_pmd always makes PTEs dirty; present, write and young come from the PMD
@@ -258,3 +260,4 @@ def _add_entries(state, mm, haddr, heads, bits, split, zap=None):
             cols = offset[split_idx[z], None] + np.arange(k)[None, :]
             state.tables.a["pte"][t0 + z[:, None], cols] = 0
     mm.pmd_rows.update(zip(haddr.tolist(), range(r0, r0 + n)))
+    mm._sorted = (haddr.astype(np.int64), np.arange(r0, r0 + n, dtype=np.int64))  # ascending

@@ -47,6 +47,24 @@ class Mm:
     vmas: list = field(default_factory=list)
     pmd_rows: dict = field(default_factory=dict)
     alive: bool = True
+    _sorted: tuple | None = None  # (haddrs, rows) sorted by haddr; None after a new PMD entry
+
+    def sorted_pmds(self, state):
+        """This process's PMD entries as ``(haddr, row)`` arrays sorted by address."""
+        if self._sorted is None:
+            h = np.fromiter(self.pmd_rows.keys(), np.int64, len(self.pmd_rows))
+            r = np.fromiter(self.pmd_rows.values(), np.int64, len(self.pmd_rows))
+            o = np.argsort(h, kind="stable")
+            self._sorted = (h[o], r[o])
+        return self._sorted
+
+    def lookup_pmds(self, state, haddrs):
+        """PMD row of each address in ``haddrs`` (-1 where this process has none)."""
+        h, r = self.sorted_pmds(state)
+        i = np.minimum(np.searchsorted(h, haddrs), max(len(h) - 1, 0))
+        if not len(h):
+            return np.full(len(haddrs), -1, np.int64)
+        return np.where(h[i] == haddrs, r[i], -1)
 
 
 class _Grow:
@@ -58,17 +76,23 @@ class _Grow:
     """
 
     def __init__(self, dtype, capacity=16):
-        self._buf = _zeroed(capacity, dtype)
+        self._buf = np.empty(capacity, dtype)
+        self._zeroed = 0  # records [n, _zeroed) are zero already
         self.n = 0
 
-    def append(self, k=1):
+    def append(self, k=1, zero=True):
+        """Room for ``k`` records at the end; their index. ``zero=False`` leaves them as they are
+        (unwritten memory costs nothing until first touch) for a caller that writes them whole."""
         need = self.n + k
         if need > len(self._buf):
             buf = np.empty(max(need, 2 * len(self._buf)), self._buf.dtype)
             buf[:self.n] = self._buf[:self.n]
-            buf[self.n:].view(np.uint8).fill(0)
             self._buf = buf
+            self._zeroed = self.n
         start, self.n = self.n, need
+        if zero and self._zeroed < need:
+            self._buf[max(start, self._zeroed):need].view(np.uint8).fill(0)
+        self._zeroed = max(self._zeroed, need) if zero else self._zeroed
         return start
 
     def reserve(self, k):
@@ -81,12 +105,6 @@ class _Grow:
     @property
     def a(self):
         return self._buf[:self.n]
-
-
-def _zeroed(n, dtype):
-    buf = np.empty(n, dtype)
-    buf.view(np.uint8).fill(0)
-    return buf
 
 
 class MemoryState:
@@ -206,6 +224,7 @@ class MemoryState:
             rec = self.pmds.a[row]
             rec["mm"], rec["haddr"], rec["pmd"], rec["pte_table"] = mm.id, haddr, 0, -1
             mm.pmd_rows[haddr] = row
+            mm._sorted = None
         return row
 
     def table_of(self, row):

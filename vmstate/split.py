@@ -1,0 +1,178 @@
+"""The ``split`` operation's wrapper: find the THPs, build the rmap index arrays, run the kernels.
+
+check → index arrays → kernel → result, as every public operation. The rmap walk of each THP (the
+anon_vma interval query, ``haddr`` in each VMA, the PMD entry there) is computed with NumPy for all
+THPs at once; the kernels in :mod:`kernels.split` then run phase by phase over all of them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import get_num_threads
+
+from kernels import split as k_split
+from kernels.constants import (
+    BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, COSTS, HPAGE_PMD_NR, HPAGE_PMD_SIZE,
+    PAGE_SHIFT, SPLIT_BUG, SPLIT_OK, VM_EVENTS, VM_WRITE, _PAGE_PSE,
+)
+from kernels.pagewalk import follow_thps
+from vmstate.errors import CorruptState
+
+N = HPAGE_PMD_NR
+PHASES = ("precheck", "freeze", "recheck", "tail_split", "unfreeze", "put")
+
+
+@dataclass
+class SplitResult:
+    """Outcome of one ``split`` op: per THP in split order, the head pfn, ret (0 or -EBUSY) and
+    reason (``SPLIT_*``: 0 ok, 1 anon_vma, 2 precheck, 3 recheck)."""
+    heads: np.ndarray
+    ret: np.ndarray
+    reason: np.ndarray
+    seconds: dict = field(default_factory=dict)  # per phase, plus "rmap"
+
+    @property
+    def attempted(self):
+        return len(self.heads)
+
+    @property
+    def succeeded(self):
+        return int((self.reason == SPLIT_OK).sum())
+
+    @property
+    def failed(self):
+        return self.attempted - self.succeeded
+
+
+def thps_mapped(state, mm, start, end):
+    """Blocks of the THPs mapped in ``[start, end)`` of ``mm``, once each, by lowest address."""
+    haddrs, rows = mm.sorted_pmds(state)
+    i0 = np.searchsorted(haddrs, start & ~(HPAGE_PMD_SIZE - 1))
+    i1 = np.searchsorted(haddrs, end)
+    h = haddrs[i0:i1]
+    lo = (np.maximum(h, start) - h) >> PAGE_SHIFT
+    hi = (np.minimum(h + HPAGE_PMD_SIZE, end) - h) >> PAGE_SHIFT
+    seen = np.zeros(state.blocks.n, np.uint8)
+    out = np.empty(state.blocks.n, np.int64)
+    n = follow_thps(rows[i0:i1], lo, hi, state.pmds.a, state.tables.a, state.blocks.a, seen, out)
+    return out[:n].copy()
+
+
+def rmap_arrays(state, thps):
+    """Per THP ``k`` the VMAs of its anon_vma query ``[index, index + 511]`` in tree order, as CSR
+    arrays: ``ptr`` (``k``'s VMAs are ``ptr[k]:ptr[k + 1]``), the PMD row at the THP's ``haddr`` in
+    that VMA's process (-1: none), the subpage range ``[lo, hi)`` the VMA covers, VM_WRITE."""
+    a = state.blocks.a
+    mapping = a["mapping"][thps]
+    index = a["index"][thps].astype(np.int64)
+    parts = []
+    for av in np.unique(mapping):
+        ks = np.flatnonzero(mapping == av)
+        idx = index[ks]
+        vmas = sorted(state.anon_vmas[int(av)], key=lambda v: (v.vm_pgoff, v.mm.id, v.vm_start))
+        for order, v in enumerate(vmas):
+            pages = (v.vm_end - v.vm_start) >> PAGE_SHIFT
+            hit = (v.vm_pgoff <= idx + N - 1) & (v.vm_pgoff + pages - 1 >= idx)
+            if not hit.any():
+                continue
+            ii = idx[hit]
+            haddr = (v.vm_start + ((ii - v.vm_pgoff) << PAGE_SHIFT)) & ~(HPAGE_PMD_SIZE - 1)
+            parts.append((ks[hit], np.full(len(ii), order), v.mm.lookup_pmds(state, haddr),
+                          np.maximum(0, v.vm_pgoff - ii), np.minimum(N, v.vm_pgoff + pages - ii),
+                          np.full(len(ii), 1 if v.vm_flags & VM_WRITE else 0)))
+    if parts:
+        k, order, rows, lo, hi, write = (np.concatenate(c) for c in zip(*parts))
+        sort = np.lexsort((order, k))
+        k, rows, lo, hi, write = k[sort], rows[sort], lo[sort], hi[sort], write[sort]
+    else:
+        k = rows = lo = hi = write = np.zeros(0, np.int64)
+    ptr = np.zeros(len(thps) + 1, np.int64)
+    np.cumsum(np.bincount(k, minlength=len(thps)), out=ptr[1:])
+    _deposit_tables(state, rows)
+    return ptr, rows.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64), write.astype(np.int64)
+
+
+def _deposit_tables(state, rows):
+    """Every huge PMD the freeze may split needs its deposited PTE table (one allocation, not
+    zeroed: ``__split_huge_pmd_locked`` writes all 512 entries before anything reads them)."""
+    valid = rows[rows >= 0]
+    huge = np.unique(valid[((state.pmd[valid] & _PAGE_PSE) != 0) & (state.pte_table[valid] < 0)])
+    if len(huge):
+        t0 = state.tables.append(len(huge), zero=False)
+        state.pte_table[huge] = t0 + np.arange(len(huge))
+
+
+def split_thps(state, thps, *, phased=False) -> SplitResult:
+    """``get_page``, lock, ``split_huge_page_to_list(head, NULL)``, unlock, ``put_page`` for each THP
+    (block numbers); raises CorruptState on the kernel's BUG() path.
+
+    By default each THP is split whole on one prange iteration (``split_huge_pages_parallel``);
+    ``phased=True`` runs each phase over every THP before the next and times it (the same final
+    state, ``tests/test_split_phases.py``; slower, since each phase streams all THPs again)."""
+    seconds = {}
+    t0 = time.perf_counter()
+    ptr, rows, lo, hi, write = rmap_arrays(state, thps)
+    seconds["rmap"] = time.perf_counter() - t0
+    n = len(thps)
+    reason = np.zeros(n, np.int64)
+    ret = np.zeros(n, np.int64)
+    threads = get_num_threads()
+    costs = np.zeros((threads, len(COSTS)), np.int64)
+    events = np.zeros((threads, len(VM_EVENTS)), np.int64)
+    blocks, pmds, tables = state.blocks.a, state.pmds.a, state.tables.a
+    if not phased:
+        bugs = np.zeros((n, 4), np.int64)
+        t0 = time.perf_counter()
+        k_split.split_huge_pages_parallel(thps, ptr, rows, lo, hi, write, blocks, pmds, tables, ret,
+                                          reason, costs, events, bugs)
+        seconds["split"] = time.perf_counter() - t0
+        _raise_bug(thps, reason, bugs[:, 1:], state, costs, events)
+        _reduce(state, costs, events)
+        return SplitResult(thps * N, ret, reason, seconds)
+    bugs = np.zeros((n, 3), np.int64)
+
+    def timed(name, fn, *args):
+        t = time.perf_counter()
+        fn(*args)
+        seconds[name] = time.perf_counter() - t
+
+    timed("precheck", k_split.phase_precheck, thps, blocks, reason, ret, costs, events)
+    timed("freeze", k_split.phase_freeze, thps, ptr, rows, blocks, pmds, tables, reason, costs, events)
+    timed("recheck", k_split.phase_recheck, thps, blocks, reason, ret, bugs, events)
+    _raise_bug(thps, reason, bugs, state, costs, events)
+    timed("tail_split", k_split.phase_split_tails, thps, blocks, reason, bugs, costs,
+          np.zeros((threads, 4), np.int64))
+    _raise_bug(thps, reason, bugs, state, costs, events)
+    timed("unfreeze", k_split.phase_unfreeze, thps, ptr, rows, lo, hi, write, blocks, pmds, tables,
+          reason, costs)
+    timed("put", k_split.phase_put, thps, blocks, reason, ret, costs, events)
+    _reduce(state, costs, events)
+    return SplitResult(thps * N, ret, reason, seconds)
+
+
+def _reduce(state, costs, events):
+    state._costs += costs.sum(axis=0)
+    state.events += events.sum(axis=0)
+
+
+def _raise_bug(thps, reason, bugs, state, costs, events):
+    hit = np.flatnonzero(reason == SPLIT_BUG)
+    if not len(hit):
+        return
+    _reduce(state, costs, events)
+    k = int(hit[0])
+    head = int(thps[k]) * N
+    kind, a, b = (int(x) for x in bugs[k])
+    if kind == BUG_RECHECK_MAPCOUNT:
+        msg = (f"pfn 0x{head:x}: split_huge_page_to_list() recheck found total_mapcount={a} > "
+               f"page_count - 1 = {b - 1} (page_count={b}); the kernel BUG()s here")
+    elif kind == BUG_COMPOUND_MAPCOUNT:
+        msg = (f"pfn 0x{head:x}: compound_mapcount={a} after freeze_page(), expected 0 "
+               f"(VM_BUG_ON_PAGE in split_huge_page_to_list)")
+    elif kind == BUG_TAIL_COUNT:
+        msg = f"pfn 0x{head + a:x}: tail _count={b} in __split_huge_page_tail(), expected 0"
+    else:
+        msg = f"pfn 0x{head:x}: BUG kind {kind}"
+    raise CorruptState(msg, pfn=head, rule="split_huge_page_to_list")
