@@ -12,7 +12,8 @@ import os
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis import event
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from reference import ReferenceState
 from vmstate import BadInput, MemoryState
@@ -21,13 +22,13 @@ from vmstate.compare import diff_dumps
 BASE = 0x7F0000000000
 MB2 = 2 << 20
 PAGE = 4096
-NAMES = ["a", "b", "c", "d", "e"]
+NAMES = ["a", "b", "c", "d", "e", "f", "g", "h"]
 
 # Addresses and lengths that hit the interesting cases: aligned and unaligned 2 MiB edges, single
 # pages, whole and partial THPs, ranges over holes.
-slot = st.integers(0, 5)
-page_off = st.sampled_from([0, 0, 0, 1, 17, 256, 511])
-length_pages = st.sampled_from([1, 2, 100, 256, 511, 512, 513, 1024, 1100, 1536, 2048])
+slot = st.integers(0, 9)
+page_off = st.sampled_from([0, 0, 0, 0, 1, 17, 256, 511])
+length_pages = st.sampled_from([1, 2, 100, 256, 511, 512, 512, 513, 1024, 1024, 1100, 1536, 2048])
 
 
 def addr_of(s, off):
@@ -59,6 +60,7 @@ class Differential(RuleBasedStateMachine):
                 errors.append(e)
         assert (errors[0] is None) == (errors[1] is None), (
             f"{op}{args}: engine {errors[0]!r} vs reference {errors[1]!r}")
+        event(f"{op}: {'ran' if errors[0] is None else 'bad input'}")
         return errors[0] is None, results
 
     def live_vma_range(self, data, name):
@@ -72,8 +74,20 @@ class Differential(RuleBasedStateMachine):
         return start + lo * PAGE, n * PAGE
 
     # -- rules ---------------------------------------------------------------------------------
-    @rule(name=st.sampled_from(NAMES), s=slot, off=page_off, n=length_pages, thp=st.booleans())
-    def mmap(self, name, s, off, n, thp):
+    @initialize(thps=st.integers(1, 4), off=st.sampled_from([0, 0, 1]))
+    def start(self, thps, off):
+        """Every program starts with a few PMD-mapped THPs in process "a", the common case."""
+        ok, _ = self.both("mmap", "a", BASE + off * MB2, thps * MB2, True)
+        assert ok
+        self.used.add("a")
+        self.alive.append("a")
+
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages, thp=st.booleans())
+    def mmap(self, data, s, off, n, thp):
+        fresh = [x for x in NAMES if x not in self.used]
+        # mostly a live process or a new one; sometimes any name (an exited one is bad input)
+        pool = st.sampled_from(self.alive + fresh[:1]) if self.alive or fresh else st.sampled_from(NAMES)
+        name = data.draw(st.one_of(pool, pool, st.sampled_from(NAMES)))
         ok, _ = self.both("mmap", name, addr_of(s, off), n * PAGE, thp)
         if ok and name not in self.used:
             self.used.add(name)
@@ -138,13 +152,23 @@ class Differential(RuleBasedStateMachine):
         self.both("split_pmd", data.draw(st.sampled_from(self.alive)), addr_of(s, off))
 
     @precondition(lambda self: self.alive)
-    @rule(data=st.data(), s=slot, off=page_off, n=length_pages)
-    def split(self, data, s, off, n):
-        ok, (res, ref_res) = self.both("split", data.draw(st.sampled_from(self.alive)),
-                                       addr_of(s, off), n * PAGE)
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages, whole=st.booleans())
+    def split(self, data, s, off, n, whole):
+        name = data.draw(st.sampled_from(self.alive))
+        rng = (BASE, 10 * MB2) if whole else (
+            self.live_vma_range(data, name) if data.draw(st.booleans()) else None)
+        ok, (res, ref_res) = self.both("split", name, *(rng or (addr_of(s, off), n * PAGE)))
         if ok:
             engine = list(zip(res.heads.tolist(), res.ret.tolist(), res.reason.tolist()))
             assert engine == [tuple(r) for r in ref_res]
+            for reason in sorted(set(res.reason.tolist())):
+                event(f"split outcome {reason}")
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def split_all(self, data):
+        """split over every slot the programs use (a second rule: splits are what we test)."""
+        self.split(data, 0, 0, 1, True)
 
     # -- after every step ------------------------------------------------------------------------
     @invariant()
