@@ -19,7 +19,24 @@ def stream_bandwidth(nbytes=1 << 28, repeats=5):
     return 2 * nbytes / best
 
 
+def reset_peak_rss():
+    """Start peak-RSS accounting afresh (``echo 5 > /proc/self/clear_refs`` resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_bytes():
+    """VmHWM (peak resident set since the last reset), or ru_maxrss where /proc lacks it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

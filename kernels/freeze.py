@@ -18,10 +18,12 @@ from kernels.pmd import _split_huge_pmd_locked
 @njit(cache=True)
 def freeze_page_vma(row, b, pmds, tables, blocks, costs, events):
     """Mirror of the seed's ``freeze_page_vma(vma, page, haddr)``; ``row`` is the PMD entry at haddr."""
-    if row < 0:  # !pgd_present || !pud_present
+    # pgd/pud are present for every VMA of the tree (fork's copy_pmd_range allocates the child's
+    # PMD page), and pmd_lock() is taken before the pmd_present() test: counted for a none PMD too.
+    costs[C_PMD_LOCK] += 1
+    if row < 0:
         return
     head_pfn = b * HPAGE_PMD_NR
-    costs[C_PMD_LOCK] += 1
     entry = pmds[row]["pmd"]
     if not entry & _PAGE_PRESENT:
         return

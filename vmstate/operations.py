@@ -203,13 +203,14 @@ def _copy_huge_pmd(state, child, haddr, row):
 
 def _copy_pte_range(state, child, haddr, row, lo, hi):
     """``copy_one_pte()`` for every present PTE in ``[lo, hi)``: get_page + page_dup_rmap."""
+    # pte_alloc_map_lock(): the child's table exists even if nothing in the range is present
+    ct = state.table_of(state.pmd_row(child, haddr, create=True))
     t = int(state.pte_table[row])
     seg = state.ptes[t, lo:hi]
     present = np.flatnonzero(seg & _PAGE_PRESENT)
     if not len(present):
         return
     seg[present] &= ~np.uint64(_PAGE_RW)   # ptep_set_wrprotect(src)
-    ct = state.table_of(state.pmd_row(child, haddr, create=True))
     state.ptes[ct, lo + present] = seg[present] & ~np.uint64(_PAGE_ACCESSED)  # pte_mkold
     pfns = ((seg[present] & PTE_PFN_MASK) >> PTE_PFN_SHIFT).astype(np.int64)
     state.get_pages(pfns)

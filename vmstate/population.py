@@ -97,7 +97,10 @@ def parse_population(table: dict) -> Population:
     if p["addr"] % HPAGE_PMD_SIZE:
         raise BadInput(f"expected a 2 MiB aligned address, got 0x{p['addr']:x}", field="addr")
     if p["addr"] + p["thps"] * HPAGE_PMD_SIZE > USER_TOP:
-        raise BadInput("the THPs do not fit below the 47-bit user address space", field="thps")
+        end = p["addr"] + p["thps"] * HPAGE_PMD_SIZE
+        raise BadInput(f"{p['thps']} THPs from 0x{p['addr']:x} end at 0x{end:x}, above the 47-bit "
+                       f"user address space (0x{USER_TOP:x}): lower addr (e.g. 0x100000000000)",
+                       field="thps")
     if p["shared"] and p["mappers"] < 2:
         raise BadInput("shared THPs need mappers >= 2", field="mappers")
     return Population(**{k: p[k] for k in _DEFAULTS})
