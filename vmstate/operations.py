@@ -157,6 +157,7 @@ def _fault_thp(state, mm, haddr, anon_vma):
     rec["compound_mapcount"] = 0
     row = state.pmd_row(mm, haddr, create=True)
     state.pmd[row] = (b * N << PTE_PFN_SHIFT) | _FAULT_ENTRY | _PAGE_PSE
+    state.table_of_huge(row)  # pte_alloc_one() + pgtable_trans_huge_deposit()
     state.events[EV_THP_FAULT_ALLOC] += 1
 
 
@@ -199,6 +200,7 @@ def _copy_huge_pmd(state, child, haddr, row):
     state.pmd[row] = entry
     crow = state.pmd_row(child, haddr, create=True)
     state.pmd[crow] = entry & ~_PAGE_ACCESSED
+    state.table_of_huge(crow)  # the child's pgtable, deposited with its PMD
 
 
 def _copy_pte_range(state, child, haddr, row, lo, hi):

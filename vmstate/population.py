@@ -107,8 +107,8 @@ def parse_population(table: dict) -> Population:
 
 
 def population_bytes(pop: Population) -> int:
-    """Peak bytes of the generated state plus splitting all of it: page records, PMD entries, PTE
-    tables (those of PTE-mapped THPs, and one per PMD the split freezes)."""
+    """Bytes of the generated state, which splitting it does not grow: page records, PMD entries
+    and one PTE table per PMD mapping (deposited under a huge PMD, as the kernel does at fault)."""
     mappings = pop.thps + pop.nshared * (pop.mappers - 1)
     return (pop.thps * PAGE_BLOCK_DTYPE.itemsize + mappings * PMD_DTYPE.itemsize
             + mappings * PTE_TABLE_DTYPE.itemsize)
@@ -246,21 +246,23 @@ def _add_entries(state, mm, haddr, heads, bits, split, zap=None):
     rows = state.pmds.a[r0:]
     rows["mm"] = mm.id
     rows["haddr"] = haddr
-    rows["pte_table"] = -1
     bits = np.broadcast_to(np.asarray(bits, np.uint64), (n,))
     huge = (heads.astype(np.uint64) << np.uint64(PTE_PFN_SHIFT)) | bits | np.uint64(_PAGE_PSE)
     rows["pmd"] = np.where(split, np.uint64(_PAGE_PRESENT), huge)
+    # Every PMD mapping has its PTE table: the deposited one (pte_alloc_one() zeroes it) under a
+    # huge PMD, the table split_huge_pmd filled under a split one.
+    t0 = state.tables.append(n, zero=False)
+    rows["pte_table"] = t0 + np.arange(n)
+    pte = state.tables.a["pte"][t0:]
+    pte[~split] = 0
     split_idx = np.flatnonzero(split)
     if len(split_idx):
-        t0 = state.tables.append(len(split_idx), zero=False)
-        rows["pte_table"][split_idx] = t0 + np.arange(len(split_idx))
         pfns = heads[split_idx, None].astype(np.uint64) + np.arange(N, dtype=np.uint64)[None, :]
         # split_huge_pmd always makes PTEs dirty; present, write and young come from the PMD
-        state.tables.a["pte"][t0:] = (pfns << np.uint64(PTE_PFN_SHIFT)) | bits[split_idx, None]
+        pte[split_idx] = (pfns << np.uint64(PTE_PFN_SHIFT)) | bits[split_idx, None]
         if zap is not None:
             partial, offset, k = zap
-            z = np.flatnonzero(partial[split_idx])
-            cols = offset[split_idx[z], None] + np.arange(k)[None, :]
-            state.tables.a["pte"][t0 + z[:, None], cols] = 0
+            z = split_idx[partial[split_idx]]
+            pte[z[:, None], offset[z, None] + np.arange(k)[None, :]] = 0
     mm.pmd_rows.update(zip(haddr.tolist(), range(r0, r0 + n)))
     mm._sorted = (haddr.astype(np.int64), np.arange(r0, r0 + n, dtype=np.int64))  # ascending

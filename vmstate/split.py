@@ -84,8 +84,9 @@ def rmap_arrays(state, thps):
                           np.full(len(ii), 1 if v.vm_flags & VM_WRITE else 0)))
     if parts:
         k, order, rows, lo, hi, write = (np.concatenate(c) for c in zip(*parts))
-        sort = np.lexsort((order, k))
-        k, rows, lo, hi, write = k[sort], rows[sort], lo[sort], hi[sort], write[sort]
+        if len(parts) > 1:  # parts come in tree order per anon_vma: a stable sort by THP keeps it
+            sort = np.argsort(k, kind="stable")
+            k, rows, lo, hi, write = k[sort], rows[sort], lo[sort], hi[sort], write[sort]
     else:
         k = rows = lo = hi = write = np.zeros(0, np.int64)
     ptr = np.zeros(len(thps) + 1, np.int64)
@@ -98,8 +99,9 @@ def _deposit_tables(state, rows):
     """Every huge PMD the freeze may split needs its deposited PTE table (one allocation, not
     zeroed: ``__split_huge_pmd_locked`` writes all 512 entries before anything reads them)."""
     valid = rows[rows >= 0]
-    huge = np.unique(valid[((state.pmd[valid] & _PAGE_PSE) != 0) & (state.pte_table[valid] < 0)])
-    if len(huge):
+    missing = valid[((state.pmd[valid] & _PAGE_PSE) != 0) & (state.pte_table[valid] < 0)]
+    if len(missing):  # none when every huge PMD got its table at fault (vmstate's ops do)
+        huge = np.unique(missing)
         t0 = state.tables.append(len(huge), zero=False)
         state.pte_table[huge] = t0 + np.arange(len(huge))
 
