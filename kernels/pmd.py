@@ -4,7 +4,7 @@ Kernels take the structured arrays themselves (``vmstate.dtypes``) and index one
 numba types a record's 512-entry field as a contiguous array, which the SIMD loops need (a 2-D
 field view of the same memory is strided and ran ~7x slower, ``benchmarks/layout_bench.py``).
 """
-from numba import njit
+from numba import njit, prange
 
 from kernels.constants import (
     HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW,
@@ -43,3 +43,22 @@ def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
     events[EV_THP_SPLIT_PMD] += 1
     costs[C_TLB_FLUSH] += 1
     costs[C_PTE_WRITE] += HPAGE_PMD_NR
+
+
+@njit(cache=True, parallel=True)
+def populate_pte_tables(tables, t0, heads, bits, split, zap_lo, zap_hi):
+    """The PTE tables of generated PMD mappings (``vmstate.population``): row ``r`` gets table
+    ``t0 + r``, zeroed (``pte_alloc_one()``: the table deposited under a huge PMD) or, where
+    ``split[r]``, the 512 entries ``__split_huge_pmd_locked()`` writes for the THP at pfn
+    ``heads[r]`` (``bits[r]``: present, dirty, and the PMD's write and young), with PTEs
+    ``[zap_lo[r], zap_hi[r])`` zapped again."""
+    for r in prange(heads.shape[0]):
+        pte = tables[t0 + r]["pte"]
+        if split[r]:
+            for i in range(HPAGE_PMD_NR):
+                pte[i] = ((heads[r] + i) << PTE_PFN_SHIFT) | bits[r]
+            for i in range(zap_lo[r], zap_hi[r]):
+                pte[i] = 0
+        else:
+            for i in range(HPAGE_PMD_NR):
+                pte[i] = 0

@@ -25,16 +25,16 @@ _NOT_HEAD = 0xFFFFFFFF ^ (1 << PG_head)
 
 
 @njit(cache=True, inline="always")
-def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, tail):
+def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, head_flags, tail):
     """Mirror of the seed's ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``,
-    over one THP's 512-entry fields; the caller has checked ``BUG_ON(page_tail->_count != 0)``.
-    Returns the tail's mapcount."""
+    over one THP's 512-entry fields; the caller has checked ``BUG_ON(page_tail->_count != 0)`` and
+    passes ``head->flags`` read once (so the loop over tails vectorizes). Returns the mapcount."""
     mapcount = page_mapcount(_mapcount, tail, compound_mapcount_raw)
     _count[tail] += mapcount + 1
     # flags &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON (clears PG_tail), head's copied, dirty set;
     # lru_add_page_tail(): SetPageLRU when list == NULL. mapping/index: vmstate derives them from the
     # block once PG_tail is clear (mapping = head's, index = head.index + tail).
-    flags[tail] = ((flags[tail] & (1 << PG_hwpoison)) | (flags[0] & TAIL_COPY_FLAGS)
+    flags[tail] = ((flags[tail] & (1 << PG_hwpoison)) | (head_flags & TAIL_COPY_FLAGS)
                    | (1 << PG_dirty) | (1 << PG_lru))
     return mapcount
 
@@ -55,9 +55,10 @@ def _split_huge_page(b, blocks, costs, bug):
             bug[2] = i
             bug[3] = _count[i]
             return -1
+    head_flags = flags[0]
     tail_mapcount = 0
     for i in range(HPAGE_PMD_NR - 1, 0, -1):
-        tail_mapcount += _split_huge_page_tail(flags, _count, _mapcount, cmc, i)
+        tail_mapcount += _split_huge_page_tail(flags, _count, _mapcount, cmc, head_flags, i)
     _count[0] -= tail_mapcount
     flags[0] &= _NOT_HEAD             # ClearPageCompound(head)
     page["compound_mapcount"] = -1    # page[1].mapping now holds the head's mapping
@@ -255,18 +256,18 @@ def phase_put(thps, blocks, reason, ret, costs, events):
 def split_huge_pages_parallel(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds,
                               tables, ret, reason, costs, events, bugs):
     """``split_huge_pages_pid`` with every THP on its own iteration of a prange (THPs share no
-    block, PMD entry or PTE table): one pass over each THP's memory, counters in per-thread rows.
-    A THP that hits BUG() keeps its state and ``bugs[k] = (kind, value, value)``; the others go on."""
+    block, PMD entry or PTE table): one pass over each THP's memory. Counters go to the THP's own
+    row of ``costs``/``events`` (``[thp, counter]``; the caller sums them). A THP that hits BUG()
+    keeps its state and ``bugs[k] = (head pfn, kind, value, value)``; the others go on."""
     for k in prange(thps.shape[0]):
-        t = get_thread_id()
         b = thps[k]
         get_page(blocks, b, 0)
         blocks[b]["flags"][0] |= _LOCKED
-        bug = bugs[k]
         r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
-                                         vma_write, blocks, pmds, tables, costs[t], events[t], bug)
+                                         vma_write, blocks, pmds, tables, costs[k], events[k],
+                                         bugs[k])
         ret[k] = r
         reason[k] = why
         if why != SPLIT_BUG:
             blocks[b]["flags"][0] &= _NOT_LOCKED
-            put_page(blocks, b, 0, costs[t])
+            put_page(blocks, b, 0, costs[k])

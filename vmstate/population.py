@@ -41,6 +41,7 @@ from kernels.constants import (
     HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_head, PG_tail, PTE_PFN_SHIFT, VM_ANON_DEFAULT,
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
+from kernels.pmd import populate_pte_tables
 from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
 from vmstate.errors import BadInput
 
@@ -249,20 +250,17 @@ def _add_entries(state, mm, haddr, heads, bits, split, zap=None):
     bits = np.broadcast_to(np.asarray(bits, np.uint64), (n,))
     huge = (heads.astype(np.uint64) << np.uint64(PTE_PFN_SHIFT)) | bits | np.uint64(_PAGE_PSE)
     rows["pmd"] = np.where(split, np.uint64(_PAGE_PRESENT), huge)
-    # Every PMD mapping has its PTE table: the deposited one (pte_alloc_one() zeroes it) under a
-    # huge PMD, the table split_huge_pmd filled under a split one.
+    # Every PMD mapping has its PTE table: the deposited one under a huge PMD, the one
+    # split_huge_pmd filled (and the zap emptied in part) under a split one.
     t0 = state.tables.append(n, zero=False)
     rows["pte_table"] = t0 + np.arange(n)
-    pte = state.tables.a["pte"][t0:]
-    pte[~split] = 0
-    split_idx = np.flatnonzero(split)
-    if len(split_idx):
-        pfns = heads[split_idx, None].astype(np.uint64) + np.arange(N, dtype=np.uint64)[None, :]
-        # split_huge_pmd always makes PTEs dirty; present, write and young come from the PMD
-        pte[split_idx] = (pfns << np.uint64(PTE_PFN_SHIFT)) | bits[split_idx, None]
-        if zap is not None:
-            partial, offset, k = zap
-            z = split_idx[partial[split_idx]]
-            pte[z[:, None], offset[z, None] + np.arange(k)[None, :]] = 0
+    zap_lo = np.zeros(n, np.int64)
+    zap_hi = np.zeros(n, np.int64)
+    if zap is not None:
+        partial, offset, k = zap
+        zap_lo = np.where(partial, offset, 0)
+        zap_hi = np.where(partial, offset + k, 0)
+    populate_pte_tables(state.tables.a, t0, heads.astype(np.uint64), np.ascontiguousarray(bits),
+                        split, zap_lo, zap_hi)
     mm.pmd_rows.update(zip(haddr.tolist(), range(r0, r0 + n)))
     mm._sorted = (haddr.astype(np.int64), np.arange(r0, r0 + n, dtype=np.int64))  # ascending

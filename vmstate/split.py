@@ -32,6 +32,18 @@ class SplitResult:
     ret: np.ndarray
     reason: np.ndarray
     seconds: dict = field(default_factory=dict)  # per phase, plus "rmap"
+    costs: np.ndarray | None = None    # [thp, COSTS] what each THP's split cost (not when phased)
+    events: np.ndarray | None = None   # [thp, VM_EVENTS] the events each THP's split counted
+
+    def frame(self):
+        """One row per THP: ``head_pfn``, ``ret``, ``reason`` and every cost and event counter."""
+        import polars as pl
+        cols = {"head_pfn": self.heads.astype(np.uint64), "ret": self.ret, "reason": self.reason}
+        if self.costs is not None:
+            cols.update({name: self.costs[:, i] for i, name in enumerate(COSTS)})
+            cols.update({name: self.events[:, i] for i, name in enumerate(VM_EVENTS)
+                         if name in ("thp_split_pmd",)})
+        return pl.DataFrame(cols)
 
     @property
     def attempted(self):
@@ -126,13 +138,15 @@ def split_thps(state, thps, *, phased=False) -> SplitResult:
     blocks, pmds, tables = state.blocks.a, state.pmds.a, state.tables.a
     if not phased:
         bugs = np.zeros((n, 4), np.int64)
+        per_costs = np.zeros((n, len(COSTS)), np.int64)
+        per_events = np.zeros((n, len(VM_EVENTS)), np.int64)
         t0 = time.perf_counter()
         k_split.split_huge_pages_parallel(thps, ptr, rows, lo, hi, write, blocks, pmds, tables, ret,
-                                          reason, costs, events, bugs)
+                                          reason, per_costs, per_events, bugs)
         seconds["split"] = time.perf_counter() - t0
-        _raise_bug(thps, reason, bugs[:, 1:], state, costs, events)
-        _reduce(state, costs, events)
-        return SplitResult(thps * N, ret, reason, seconds)
+        _raise_bug(thps, reason, bugs[:, 1:], state, per_costs, per_events)
+        _reduce(state, per_costs, per_events)
+        return SplitResult(thps * N, ret, reason, seconds, per_costs, per_events)
     bugs = np.zeros((n, 3), np.int64)
 
     def timed(name, fn, *args):
