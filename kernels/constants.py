@@ -98,6 +98,15 @@ SPLIT_FAIL_PRECHECK = 2
 SPLIT_FAIL_RECHECK = 3
 SPLIT_BUG = 4  # total_mapcount > page_count - 1 after the freeze: the kernel's BUG()
 
+# Where a racing GUP pin (get_page) or its release (put_page) lands in split_huge_page_to_list():
+# the precheck is racy on purpose and the recheck after freeze_page() catches what it missed.
+RACE_NONE = 0
+RACE_AFTER_PRECHECK = 1
+RACE_AFTER_FREEZE = 2
+RACE_AFTER_SPLIT = 3      # after split_huge_page_to_list() returned, before the caller's put
+RACE_POINTS = {"after_precheck": RACE_AFTER_PRECHECK, "after_freeze": RACE_AFTER_FREEZE,
+               "after_split": RACE_AFTER_SPLIT, "never": RACE_NONE}
+
 FIRST_BLOCK = 1  # block 0 (pfns 0..511) is never handed out
 
 # /proc/vmstat names; the kernels fill the vector in this order (EV_* below).

@@ -10,7 +10,8 @@ from kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, C_ANON_VMA_LOCK, C_LRU_LOCK,
     C_PAGES_FREED, EBUSY,
     EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED, HPAGE_PMD_NR, PG_dirty, PG_head, PG_hwpoison,
-    PG_locked, PG_lru, SPLIT_BUG, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK,
+    PG_locked, PG_lru, RACE_AFTER_FREEZE, RACE_AFTER_PRECHECK, RACE_AFTER_SPLIT, RACE_NONE,
+    SPLIT_BUG, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK,
     SPLIT_OK, TAIL_COPY_FLAGS,
 )
 from kernels.freeze import freeze_page, unfreeze_page
@@ -82,11 +83,22 @@ def _put_split_subpages(page, costs):
     costs[C_PAGES_FREED] += freed
 
 
+@njit(cache=True, inline="always")
+def _race(point, pin_at, unpin_at, blocks, b, costs):
+    """A GUP reference on the head taken (``get_page``) or dropped (``put_page``) by another CPU at
+    ``point`` of the split: vmstate's model of the race the precheck is racy about."""
+    if pin_at == point:
+        get_page(blocks, b, 0)
+    if unpin_at == point:
+        put_page(blocks, b, 0, costs)
+
+
 @njit(cache=True)
 def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
-                            costs, events, bug):
+                            costs, events, bug, pin_at=RACE_NONE, unpin_at=RACE_NONE):
     """Mirror of the seed's ``split_huge_page_to_list(page, NULL)`` for the THP in block ``b``, passed
-    by its head page, which the caller has referenced and locked. Returns (ret, reason)."""
+    by its head page, which the caller has referenced and locked. Returns (ret, reason).
+    ``pin_at``/``unpin_at``: where a racing pin lands and leaves (``RACE_*``, see ``_race``)."""
     page = blocks[b]
     head_pfn = b * HPAGE_PMD_NR
     # page_get_anon_vma(): NULL when !page_mapped(page)
@@ -98,7 +110,9 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
     if total_mapcount(page["_mapcount"], page["compound_mapcount"]) != page["_count"][0] - 1:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_PRECHECK
+    _race(RACE_AFTER_PRECHECK, pin_at, unpin_at, blocks, b, costs)
     freeze_page(b, v0, v1, vma_pmd_row, pmds, tables, blocks, costs, events)
+    _race(RACE_AFTER_FREEZE, pin_at, unpin_at, blocks, b, costs)
     if page["compound_mapcount"] != -1:  # VM_BUG_ON_PAGE(compound_mapcount(head), head)
         bug[0] = head_pfn
         bug[1] = BUG_COMPOUND_MAPCOUNT
@@ -125,9 +139,15 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
     return -EBUSY, SPLIT_FAIL_RECHECK
 
 
+@njit(cache=True, inline="always")
+def _raced(reason):
+    """Whether a split got past the precheck, where the racing pin lands."""
+    return reason != SPLIT_FAIL_ANON_VMA and reason != SPLIT_FAIL_PRECHECK
+
+
 @njit(cache=True)
 def split_huge_pages_pid(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
-                         ret, reason, costs, events, bug):
+                         ret, reason, costs, events, bug, race_pin, race_unpin):
     """Mirror of debugfs ``split_huge_pages`` for a pid range (``mm/huge_memory.c``, v5.x): per THP
     get_page, lock_page, split_huge_page, unlock_page, put_page. THP ``k`` is block ``thps[k]``, its
     VMAs ``vma_ptr[k] <= v < vma_ptr[k + 1]``. Stops at the first BUG; returns how many THPs ran."""
@@ -136,11 +156,14 @@ def split_huge_pages_pid(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, 
         get_page(blocks, b, 0)
         blocks[b]["flags"][0] |= _LOCKED
         r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
-                                         vma_write, blocks, pmds, tables, costs, events, bug)
+                                         vma_write, blocks, pmds, tables, costs, events, bug,
+                                         race_pin[k], race_unpin[k])
         ret[k] = r
         reason[k] = why
         if why == SPLIT_BUG:
             return k + 1
+        if race_unpin[k] == RACE_AFTER_SPLIT and _raced(why):
+            put_page(blocks, b, 0, costs)
         blocks[b]["flags"][0] &= _NOT_LOCKED
         put_page(blocks, b, 0, costs)
     return thps.shape[0]
@@ -156,7 +179,7 @@ PENDING = -1
 
 
 @njit(cache=True, parallel=True)
-def phase_precheck(thps, blocks, reason, ret, costs, events):
+def phase_precheck(thps, blocks, reason, ret, costs, events, race_pin, race_unpin):
     """get_page + lock_page, page_get_anon_vma and the racy precheck of every THP."""
     for k in prange(thps.shape[0]):
         t = get_thread_id()
@@ -177,15 +200,18 @@ def phase_precheck(thps, blocks, reason, ret, costs, events):
             events[t, EV_THP_SPLIT_PAGE_FAILED] += 1
             continue
         reason[k] = PENDING
+        _race(RACE_AFTER_PRECHECK, race_pin[k], race_unpin[k], blocks, b, costs[t])
 
 
 @njit(cache=True, parallel=True)
-def phase_freeze(thps, vma_ptr, vma_pmd_row, blocks, pmds, tables, reason, costs, events):
+def phase_freeze(thps, vma_ptr, vma_pmd_row, blocks, pmds, tables, reason, costs, events, race_pin,
+                 race_unpin):
     for k in prange(thps.shape[0]):
         if reason[k] == PENDING:
             t = get_thread_id()
             freeze_page(thps[k], vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, pmds, tables, blocks,
                         costs[t], events[t])
+            _race(RACE_AFTER_FREEZE, race_pin[k], race_unpin[k], blocks, thps[k], costs[t])
 
 
 @njit(cache=True, parallel=True)
@@ -238,7 +264,7 @@ def phase_unfreeze(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks
 
 
 @njit(cache=True, parallel=True)
-def phase_put(thps, blocks, reason, ret, costs, events):
+def phase_put(thps, blocks, reason, ret, costs, events, race_unpin):
     """Unlock and put every subpage but the head of a split THP; unlock and put every head."""
     for k in prange(thps.shape[0]):
         t = get_thread_id()
@@ -248,13 +274,15 @@ def phase_put(thps, blocks, reason, ret, costs, events):
             reason[k] = SPLIT_OK
             ret[k] = 0
             events[t, EV_THP_SPLIT_PAGE] += 1
+        if race_unpin[k] == RACE_AFTER_SPLIT and _raced(reason[k]):
+            put_page(blocks, b, 0, costs[t])
         blocks[b]["flags"][0] &= _NOT_LOCKED
         put_page(blocks, b, 0, costs[t])
 
 
 @njit(cache=True, parallel=True)
 def split_huge_pages_parallel(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds,
-                              tables, ret, reason, costs, events, bugs):
+                              tables, ret, reason, costs, events, bugs, race_pin, race_unpin):
     """``split_huge_pages_pid`` with every THP on its own iteration of a prange (THPs share no
     block, PMD entry or PTE table): one pass over each THP's memory. Counters go to the THP's own
     row of ``costs``/``events`` (``[thp, counter]``; the caller sums them). A THP that hits BUG()
@@ -265,9 +293,11 @@ def split_huge_pages_parallel(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_wr
         blocks[b]["flags"][0] |= _LOCKED
         r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
                                          vma_write, blocks, pmds, tables, costs[k], events[k],
-                                         bugs[k])
+                                         bugs[k], race_pin[k], race_unpin[k])
         ret[k] = r
         reason[k] = why
         if why != SPLIT_BUG:
+            if race_unpin[k] == RACE_AFTER_SPLIT and _raced(why):
+                put_page(blocks, b, 0, costs[k])
             blocks[b]["flags"][0] &= _NOT_LOCKED
             put_page(blocks, b, 0, costs[k])

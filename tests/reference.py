@@ -14,7 +14,8 @@ from __future__ import annotations
 from kernels.constants import (
     _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY,
     _PAGE_VMS_MIGRATION, ANON_FAULT_FLAGS, COSTS, EBUSY, FIRST_BLOCK, HPAGE_PMD_MASK, HPAGE_PMD_NR,
-    HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PAGE_SIZE, PG_dirty, PG_head, PG_hwpoison, PG_locked,
+    HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PAGE_SIZE, RACE_AFTER_FREEZE, RACE_AFTER_PRECHECK,
+    RACE_AFTER_SPLIT, RACE_NONE, PG_dirty, PG_head, PG_hwpoison, PG_locked,
     PG_lru, PG_swapbacked, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT, SPLIT_FAIL_ANON_VMA,
     SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, TAIL_COPY_FLAGS, TAIL_MAPPING, VM_ANON_DEFAULT,
     VM_EVENTS, VM_EXEC, VM_HUGEPAGE, VM_MAYWRITE, VM_READ, VM_WRITE,
@@ -803,9 +804,11 @@ class ReferenceState:
             return None
         return self.anon_vmas[page.mapping]
 
-    def split_huge_page_to_list(self, head_pfn: int) -> tuple[int, int]:
+    def split_huge_page_to_list(self, head_pfn: int, pin_at: int = RACE_NONE,
+                                unpin_at: int = RACE_NONE) -> tuple[int, int]:
         """Mirror of `mm/huge_memory.c:split_huge_page_to_list(page, NULL)` (v5 patch 25/28). The
-        caller holds a reference and the page lock. Returns (0 or -EBUSY, SPLIT_* reason)."""
+        caller holds a reference and the page lock. Returns (0 or -EBUSY, SPLIT_* reason).
+        ``pin_at``/``unpin_at``: where another CPU's GUP reference on the head arrives and leaves."""
         page = self.pages[head_pfn]
         head = compound_head(page)
         assert PageAnon(head) and PageLocked(page) and PageSwapBacked(head) and PageCompound(page)
@@ -818,7 +821,9 @@ class ReferenceState:
             if total_mapcount(head) != page_count(head) - 1:
                 ret, reason = -EBUSY, SPLIT_FAIL_PRECHECK
             else:
+                self._race(RACE_AFTER_PRECHECK, pin_at, unpin_at, head)
                 self.freeze_page(anon_vma, head)
+                self._race(RACE_AFTER_FREEZE, pin_at, unpin_at, head)
                 assert compound_mapcount(head) == 0  # VM_BUG_ON_PAGE
                 mapcount, count = total_mapcount(head), page_count(head)
                 if mapcount == count - 1:
@@ -834,6 +839,13 @@ class ReferenceState:
                     ret, reason = -EBUSY, SPLIT_FAIL_RECHECK
         self.vm_events["thp_split_page" if ret == 0 else "thp_split_page_failed"] += 1
         return ret, reason
+
+    def _race(self, point: int, pin_at: int, unpin_at: int, head: Page) -> None:
+        """A racing get_user_pages() reference on the head arriving / leaving at ``point``."""
+        if pin_at == point:
+            self.get_page(head)
+        if unpin_at == point:
+            self.put_page(head)
 
     # ---- lookups --------------------------------------------------------------------------------
 
@@ -999,20 +1011,31 @@ class ReferenceState:
             raise BadInput(f"{mm!r}: {addr:#x} is not mapped", field="addr")
         self.split_huge_pmd_address(vma, addr)
 
-    def split(self, mm: str, addr: int, length: int) -> list[tuple[int, int, int]]:
+    def split(self, mm: str, addr: int, length: int, race=None) -> list[tuple[int, int, int]]:
         """debugfs split_huge_pages: for each THP mapped in the range, get_page(), lock_page(),
-        split_huge_page(), unlock_page(), put_page(). Returns (head_pfn, ret, reason) per THP."""
+        split_huge_page(), unlock_page(), put_page(). Returns (head_pfn, ret, reason) per THP.
+        ``race`` (``vmstate.split.Race``, used only for its choice of THPs and points): a GUP pin
+        that races each chosen THP's split; one that never leaves is held as a pin of its page."""
         proc = self._live_mm(mm)
         end = self._check_range(addr, length)
+        if race is not None:
+            race.check()
         vmas = proc.vmas_overlapping(addr, end)
         if not vmas:
             raise BadInput(f"{mm!r}: {addr:#x}-{end:#x} overlaps no mapping", field="addr")
         results = []
-        for head in self._thps_mapped(proc, vmas, addr, end):
+        heads = self._thps_mapped(proc, vmas, addr, end)
+        pins, unpins = race.arrays(len(heads)) if race else ([RACE_NONE] * len(heads),) * 2
+        for head, pin_at, unpin_at in zip(heads, pins, unpins):
             self.get_page(head)
             assert not PageLocked(head)
             head.flags |= 1 << PG_locked  # lock_page()
-            ret, reason = self.split_huge_page_to_list(head.pfn)
+            ret, reason = self.split_huge_page_to_list(head.pfn, pin_at, unpin_at)
+            raced = reason not in (SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK)
+            if raced and pin_at != RACE_NONE and unpin_at == RACE_AFTER_SPLIT:
+                self.put_page(head)
+            elif raced and pin_at != RACE_NONE and unpin_at == RACE_NONE:
+                self.pins.setdefault((mm, head.index << PAGE_SHIFT, PAGE_SIZE), []).append([head.pfn])
             head.flags &= ~(1 << PG_locked)  # unlock_page()
             self.put_page(head)
             results.append((head.pfn, ret, reason))

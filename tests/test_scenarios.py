@@ -90,3 +90,11 @@ def test_mix():
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
 def test_every_scenario_validates(path):
     run_scenario(load_scenario(path), validate=True)
+
+
+def test_racing_pin():
+    r = run("racing_pin")
+    assert splits(r) == [(2, 4, 2, 2), (3, 2, 2, 0)]
+    ev = r.summary["vm_events"]
+    assert (ev["thp_split_pmd"], ev["thp_split_page"], ev["thp_split_page_failed"]) == (4, 4, 2)
+    assert r.summary["snapshots"]["end"] == {"thps": 0, "pages_in_use": 2048}

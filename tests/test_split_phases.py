@@ -14,8 +14,9 @@ def serial(state, thps):
     ptr, rows, lo, hi, write = rmap_arrays(state, thps)
     ret, reason = np.zeros(len(thps), np.int64), np.zeros(len(thps), np.int64)
     costs, events = np.zeros(len(COSTS), np.int64), np.zeros(len(VM_EVENTS), np.int64)
+    none = np.zeros(len(thps), np.int64)
     split_huge_pages_pid(thps, ptr, rows, lo, hi, write, state.blocks.a, state.pmds.a,
-                         state.tables.a, ret, reason, costs, events, np.zeros(4, np.int64))
+                         state.tables.a, ret, reason, costs, events, np.zeros(4, np.int64), none, none)
     state._costs += costs
     state.events += events
     return reason

@@ -15,7 +15,7 @@ from kernels.constants import (
     _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.errors import BadInput
-from vmstate.split import SplitResult, split_thps, thps_mapped
+from vmstate.split import Race, SplitResult, split_thps, thps_mapped
 from vmstate.state import Mm, Vma
 
 __all__ = ["mmap", "fork", "exit", "munmap", "madvise_dontneed", "mprotect", "pin", "unpin",
@@ -337,13 +337,16 @@ def split_pmd(self, mm, addr):
     _after(self)
 
 
-def split(self, mm, addr, length) -> SplitResult:
+def split(self, mm, addr, length, race: Race | None = None) -> SplitResult:
     """debugfs ``split_huge_pages`` on ``[addr, addr + len)`` of a process: each THP mapped there once,
-    by lowest address, through ``split_huge_page_to_list(head, NULL)`` (:mod:`vmstate.split`)."""
+    by lowest address, through ``split_huge_page_to_list(head, NULL)`` (:mod:`vmstate.split`).
+    ``race``: GUP pins that race the split (:class:`vmstate.split.Race`)."""
     m = _live_mm(self, mm)
     end = _check_range(addr, length)
+    if race is not None:
+        race.check()
     if not _vmas_in(m, addr, end):
         raise BadInput(f"0x{addr:x}-0x{end:x} overlaps no mapping of process {mm!r}", field="addr")
-    result = split_thps(self, thps_mapped(self, m, addr, end))
+    result = split_thps(self, thps_mapped(self, m, addr, end), race=race, mm=mm)
     _after(self)
     return result

@@ -1,6 +1,7 @@
 """Run a checked scenario on a fresh :class:`~vmstate.state.MemoryState`, op by op, and collect what
 the contract's summary and snapshots need. Nothing here touches the file system."""
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False) -> RunResult:
                 snapshots[label] = (pages_frame(state), pagemap_frame(state))
                 summaries[label] = {k: int(v) for k, v in state.snapshot_summary().items()}
             elif op.op == "split":
-                res = _apply(state, op)
+                res = _apply(state, op, scenario.seed)
                 splits.append({"op": op.index, "mm": op.fields["mm"], "attempted": int(res.attempted),
                                "succeeded": int(res.succeeded), "failed": int(res.failed)})
             else:
@@ -86,7 +87,7 @@ def _initial_state(scenario: Scenario, validate: bool):
     return state
 
 
-def _apply(state, op: Op):
+def _apply(state, op: Op, seed: int = 0):
     """The op as a MemoryState call; the file says ``len``, the API ``length``."""
     f = op.fields
     match op.op:
@@ -100,6 +101,10 @@ def _apply(state, op: Op):
             return state.mprotect(f["mm"], f["addr"], f["len"], f["prot"])
         case "split_pmd":
             return state.split_pmd(f["mm"], f["addr"])
+        case "split" if f.get("race") is not None:
+            # the racing pins' THPs come from the scenario's seed and this op's index
+            race = dataclasses.replace(f["race"], seed=[seed, op.index])
+            return state.split(f["mm"], f["addr"], f["len"], race=race)
         case "munmap" | "madvise_dontneed" | "pin" | "unpin" | "split":
             return getattr(state, op.op)(f["mm"], f["addr"], f["len"])
     raise AssertionError(f"op {op.op!r} passed load_scenario() but has no MemoryState call")

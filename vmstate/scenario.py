@@ -36,7 +36,7 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
     "pin": (("mm", "addr", "len"), {}),
     "unpin": (("mm", "addr", "len"), {}),
     "split_pmd": (("mm", "addr"), {}),
-    "split": (("mm", "addr", "len"), {}),
+    "split": (("mm", "addr", "len"), {"race": None}),
     "snapshot": (("label",), {}),
 }
 SCENARIO_KEYS = {"name": True, "seed": False}  # key -> required
@@ -299,8 +299,28 @@ def _check_label(ctx: _Ctx, key: str, value):
     return value
 
 
+def _check_race(ctx: _Ctx, key: str, value):
+    """``race = { pin = "after_precheck", unpin = "never", fraction = 0.5 }`` on a split: GUP pins
+    that race it (``vmstate.split.Race``; which THPs, from the scenario's seed and the op's index)."""
+    if value is None:
+        return None
+    from vmstate.split import Race
+    if not isinstance(value, dict):
+        ctx.expected(key, 'a table like { pin = "after_precheck", unpin = "never", fraction = 0.5 }',
+                     value)
+    unknown = sorted(set(value) - {"pin", "unpin", "fraction"})
+    if unknown:
+        ctx.fail(f"unknown key {unknown[0]!r} (expected pin, unpin, fraction)", f"{key}.{unknown[0]}")
+    race = Race(**value)
+    try:
+        race.check()
+    except BadInput as e:
+        ctx.fail(str(e), e.field)
+    return race
+
+
 _CHECKS = {"mm": _check_process, "child": _check_process, "addr": _check_addr, "len": _check_len,
-           "thp": _check_thp, "prot": _check_prot, "label": _check_label}
+           "thp": _check_thp, "prot": _check_prot, "label": _check_label, "race": _check_race}
 
 
 class _Program:

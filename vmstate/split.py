@@ -15,7 +15,8 @@ from numba import get_num_threads
 from kernels import split as k_split
 from kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, COSTS, HPAGE_PMD_NR, HPAGE_PMD_SIZE,
-    PAGE_SHIFT, SPLIT_BUG, SPLIT_OK, VM_EVENTS, VM_WRITE, _PAGE_PSE,
+    PAGE_SHIFT, PAGE_SIZE, RACE_NONE, RACE_POINTS, SPLIT_BUG, SPLIT_FAIL_ANON_VMA,
+    SPLIT_FAIL_PRECHECK, SPLIT_OK, VM_EVENTS, VM_WRITE, _PAGE_PSE,
 )
 from kernels.pagewalk import follow_thps
 from vmstate.errors import CorruptState
@@ -118,13 +119,50 @@ def _deposit_tables(state, rows):
         state.pte_table[huge] = t0 + np.arange(len(huge))
 
 
-def split_thps(state, thps, *, phased=False) -> SplitResult:
+@dataclass(frozen=True)
+class Race:
+    """Racing GUP pins during a split: on ``fraction`` of the THPs (chosen from ``seed``) a reference
+    on the head arrives at point ``pin`` and is dropped at point ``unpin`` (``RACE_POINTS`` names;
+    ``"never"``: it stays, as a pin of the THP's first 4 KiB that a later ``unpin`` releases)."""
+    pin: str = "after_precheck"
+    unpin: str = "never"
+    fraction: float = 1.0
+    seed: int = 0
+
+    def check(self):
+        from vmstate.errors import BadInput
+        pins = ("after_precheck", "after_freeze")
+        if self.pin not in pins:
+            raise BadInput(f"expected one of {', '.join(pins)}, got {self.pin!r}", field="race.pin")
+        if self.unpin not in RACE_POINTS:
+            raise BadInput(f"expected one of {', '.join(RACE_POINTS)}, got {self.unpin!r}",
+                           field="race.unpin")
+        if self.unpin != "never" and RACE_POINTS[self.unpin] < RACE_POINTS[self.pin]:
+            raise BadInput(f"the pin cannot leave ({self.unpin}) before it arrives ({self.pin})",
+                           field="race.unpin")
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
+                or not 0 <= self.fraction <= 1:
+            raise BadInput(f"expected a fraction in [0, 1], got {self.fraction!r}",
+                           field="race.fraction")
+
+    def arrays(self, n):
+        """Per THP: the pin and unpin points (``RACE_NONE`` for THPs the race leaves alone)."""
+        chosen = np.zeros(n, bool)
+        rng = np.random.default_rng(self.seed)
+        chosen[rng.choice(n, round(self.fraction * n), replace=False)] = True
+        pin = np.where(chosen, RACE_POINTS[self.pin], RACE_NONE).astype(np.int64)
+        unpin = np.where(chosen, RACE_POINTS[self.unpin], RACE_NONE).astype(np.int64)
+        return pin, unpin
+
+
+def split_thps(state, thps, *, phased=False, race: Race | None = None, mm=None) -> SplitResult:
     """``get_page``, lock, ``split_huge_page_to_list(head, NULL)``, unlock, ``put_page`` for each THP
     (block numbers); raises CorruptState on the kernel's BUG() path.
 
     By default each THP is split whole on one prange iteration (``split_huge_pages_parallel``);
     ``phased=True`` runs each phase over every THP before the next and times it (the same final
-    state, ``tests/test_split_phases.py``; slower, since each phase streams all THPs again)."""
+    state, ``tests/test_split_phases.py``; slower, since each phase streams all THPs again).
+    ``race``: racing pins (:class:`Race`); a pin that stays is recorded as a pin of ``mm``."""
     seconds = {}
     t0 = time.perf_counter()
     ptr, rows, lo, hi, write = rmap_arrays(state, thps)
@@ -136,16 +174,18 @@ def split_thps(state, thps, *, phased=False) -> SplitResult:
     costs = np.zeros((threads, len(COSTS)), np.int64)
     events = np.zeros((threads, len(VM_EVENTS)), np.int64)
     blocks, pmds, tables = state.blocks.a, state.pmds.a, state.tables.a
+    race_pin, race_unpin = race.arrays(n) if race else (np.zeros(n, np.int64), np.zeros(n, np.int64))
     if not phased:
         bugs = np.zeros((n, 4), np.int64)
         per_costs = np.zeros((n, len(COSTS)), np.int64)
         per_events = np.zeros((n, len(VM_EVENTS)), np.int64)
         t0 = time.perf_counter()
         k_split.split_huge_pages_parallel(thps, ptr, rows, lo, hi, write, blocks, pmds, tables, ret,
-                                          reason, per_costs, per_events, bugs)
+                                          reason, per_costs, per_events, bugs, race_pin, race_unpin)
         seconds["split"] = time.perf_counter() - t0
         _raise_bug(thps, reason, bugs[:, 1:], state, per_costs, per_events)
         _reduce(state, per_costs, per_events)
+        _record_held_pins(state, mm, thps, reason, race_pin, race_unpin)
         return SplitResult(thps * N, ret, reason, seconds, per_costs, per_events)
     bugs = np.zeros((n, 3), np.int64)
 
@@ -154,8 +194,10 @@ def split_thps(state, thps, *, phased=False) -> SplitResult:
         fn(*args)
         seconds[name] = time.perf_counter() - t
 
-    timed("precheck", k_split.phase_precheck, thps, blocks, reason, ret, costs, events)
-    timed("freeze", k_split.phase_freeze, thps, ptr, rows, blocks, pmds, tables, reason, costs, events)
+    timed("precheck", k_split.phase_precheck, thps, blocks, reason, ret, costs, events, race_pin,
+          race_unpin)
+    timed("freeze", k_split.phase_freeze, thps, ptr, rows, blocks, pmds, tables, reason, costs, events,
+          race_pin, race_unpin)
     timed("recheck", k_split.phase_recheck, thps, blocks, reason, ret, bugs, events)
     _raise_bug(thps, reason, bugs, state, costs, events)
     timed("tail_split", k_split.phase_split_tails, thps, blocks, reason, bugs, costs,
@@ -163,9 +205,19 @@ def split_thps(state, thps, *, phased=False) -> SplitResult:
     _raise_bug(thps, reason, bugs, state, costs, events)
     timed("unfreeze", k_split.phase_unfreeze, thps, ptr, rows, lo, hi, write, blocks, pmds, tables,
           reason, costs)
-    timed("put", k_split.phase_put, thps, blocks, reason, ret, costs, events)
+    timed("put", k_split.phase_put, thps, blocks, reason, ret, costs, events, race_unpin)
     _reduce(state, costs, events)
+    _record_held_pins(state, mm, thps, reason, race_pin, race_unpin)
     return SplitResult(thps * N, ret, reason, seconds)
+
+
+def _record_held_pins(state, mm, thps, reason, race_pin, race_unpin):
+    """A racing pin that never left is held like a ``pin`` of the THP's first page in ``mm``."""
+    held = (race_pin != RACE_NONE) & (race_unpin == RACE_NONE) \
+        & (reason != SPLIT_FAIL_PRECHECK) & (reason != SPLIT_FAIL_ANON_VMA)
+    for b in thps[held].tolist():
+        vaddr = int(state.blocks.a["index"][b]) << PAGE_SHIFT
+        state.pins.setdefault((mm, vaddr, PAGE_SIZE), []).append(np.array([b * N], np.int64))
 
 
 def _reduce(state, costs, events):
