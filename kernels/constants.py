@@ -37,6 +37,9 @@ PG_swapbacked = 19
 PG_unevictable = 20
 PG_mlocked = 21
 PG_hwpoison = 22
+# Mainline 4.5: PG_double_map is PG_private_2 on the first tail page (PF_SECOND): the THP is mapped by
+# PMDs and PTEs at once, and every subpage's raw _mapcount carries +1 for it.
+PG_double_map = PG_private_2
 
 PG_NAMES = {
     PG_locked: "locked", PG_error: "error", PG_referenced: "referenced", PG_uptodate: "uptodate",
@@ -90,6 +93,11 @@ VM_HUGEPAGE = 0x20000000
 VM_ANON_DEFAULT = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | VM_ACCOUNT
 
 EBUSY = 16
+
+# Refcounting variants (issue 7): the v5 patch series this project follows, and mainline 4.5.
+V5 = 0
+V4_5 = 1
+VARIANTS = {"v5": V5, "v4.5": V4_5}
 
 # Why a split failed (per THP result array).
 SPLIT_OK = 0

@@ -7,15 +7,20 @@ field view of the same memory is strided and ran ~7x slower, ``benchmarks/layout
 from numba import njit, prange
 
 from kernels.constants import (
-    HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW,
-    _PAGE_VMS_MIGRATION, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_SPLIT_PMD,
+    HPAGE_PMD_NR, PG_double_map, PTE_PFN_MASK, PTE_PFN_SHIFT, V4_5, V5, _PAGE_ACCESSED, _PAGE_DIRTY,
+    _PAGE_PRESENT, _PAGE_RW, _PAGE_VMS_MIGRATION, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_SPLIT_PMD,
 )
+from kernels.refcount import page_remove_rmap_pte
+
+_DOUBLE_MAP = 1 << PG_double_map
+_NOT_DOUBLE_MAP = 0xFFFFFFFF ^ _DOUBLE_MAP
 
 
 @njit(cache=True)
-def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
-    """Mirror of v5 ``__split_huge_pmd_locked(vma, pmd, haddr, freeze)`` for PMD entry ``pmds[row]``
-    mapping the THP in block ``b``; its ``pte_table`` must name a table (the deposited one)."""
+def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events, variant=V5):
+    """Mirror of ``__split_huge_pmd_locked(vma, pmd, haddr, freeze)`` for PMD entry ``pmds[row]``
+    mapping the THP in block ``b``; ``pte_table`` must name a table (the deposited one).
+    v5 (patch 25/28's series) or mainline 4.5 arithmetic by ``variant``."""
     entry = pmds[row]["pmd"]
     pfn = (entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT
     write = entry & _PAGE_RW
@@ -31,6 +36,20 @@ def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
             e |= _PAGE_PRESENT | _PAGE_DIRTY | write | young
         pte[i] = e
     page = blocks[b]
+    if variant == V4_5:
+        _split_pmd_counts_v4_5(page, freeze, events)
+    else:
+        _split_pmd_counts_v5(page)
+    pmds[row]["pmd"] = _PAGE_PRESENT  # pmd_populate(): now points at the table
+    events[EV_THP_SPLIT_PMD] += 1
+    costs[C_TLB_FLUSH] += 1
+    costs[C_PTE_WRITE] += HPAGE_PMD_NR
+
+
+@njit(cache=True, inline="always")
+def _split_pmd_counts_v5(page):
+    """v5: the PMD's reference becomes 512 PTE references; its compound mapping goes, and every
+    subpage gains a PTE mapping unless this was the last PMD (whose offset becomes it)."""
     page["compound_mapcount"] -= 1
     if page["compound_mapcount"] >= 0:  # !atomic_add_negative(-1, compound_mapcount_ptr(page))
         # Additional reference on subpages: the other PMD mappings keep the offset.
@@ -39,10 +58,32 @@ def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
             mc[i] += 1
     # else the last compound mapping is gone: the offset becomes every subpage's PTE mapping.
     page["_count"][0] += HPAGE_PMD_NR - 1
-    pmds[row]["pmd"] = _PAGE_PRESENT  # pmd_populate(): now points at the table
-    events[EV_THP_SPLIT_PMD] += 1
-    costs[C_TLB_FLUSH] += 1
-    costs[C_PTE_WRITE] += HPAGE_PMD_NR
+
+
+@njit(cache=True, inline="always")
+def _split_pmd_counts_v4_5(page, freeze, events):
+    """Mainline 4.5: page_ref_add(page, 511) and atomic_inc(&page[i]._mapcount) per PTE; set
+    PG_double_map (one more +1 each) while other PMDs still map the THP; the last compound mapping
+    clears it again. A freeze then drops each new PTE's mapping and reference (migration entries
+    hold neither): page_remove_rmap(page + i, false) + put_page(page + i)."""
+    mc = page["_mapcount"]
+    flags = page["flags"]
+    page["_count"][0] += HPAGE_PMD_NR - 1
+    for i in range(HPAGE_PMD_NR):
+        mc[i] += 1
+    if page["compound_mapcount"] + 1 > 1 and not flags[1] & _DOUBLE_MAP:  # !TestSetPageDoubleMap
+        flags[1] |= _DOUBLE_MAP
+        for i in range(HPAGE_PMD_NR):
+            mc[i] += 1
+    page["compound_mapcount"] -= 1
+    if page["compound_mapcount"] < 0 and flags[1] & _DOUBLE_MAP:  # last one; TestClearPageDoubleMap
+        flags[1] &= _NOT_DOUBLE_MAP
+        for i in range(HPAGE_PMD_NR):
+            mc[i] -= 1
+    if freeze:
+        for i in range(HPAGE_PMD_NR):
+            page_remove_rmap_pte(page, i, events)
+        page["_count"][0] -= HPAGE_PMD_NR  # put_page(page + i), each to the head
 
 
 @njit(cache=True, parallel=True)

@@ -4,7 +4,9 @@ Frame ``pfn`` is entry ``i = pfn % 512`` of block record ``blocks[pfn // 512]``.
 """
 from numba import njit
 
-from kernels.constants import HPAGE_PMD_NR, PG_head, PG_hwpoison, PG_tail, C_PAGES_FREED
+from kernels.constants import (
+    C_PAGES_FREED, EV_THP_DEFERRED_SPLIT_PAGE, HPAGE_PMD_NR, PG_head, PG_hwpoison, PG_tail,
+)
 
 _HEAD = 1 << PG_head
 _TAIL = 1 << PG_tail
@@ -56,3 +58,20 @@ def put_pages(blocks, pfns, costs):
     """``put_page()`` on every pfn in order (a zap's TLB-gather batch, or an unpin)."""
     for k in range(pfns.shape[0]):
         put_page(blocks, pfns[k] // HPAGE_PMD_NR, pfns[k] % HPAGE_PMD_NR, costs)
+
+
+@njit(cache=True, inline="always")
+def deferred_split_huge_page(page, events):
+    """Mirror of ``deferred_split_huge_page()``: queue the THP; counted once per THP (MODEL.md)."""
+    if not page["deferred"]:
+        page["deferred"] = 1
+        events[EV_THP_DEFERRED_SPLIT_PAGE] += 1
+
+
+@njit(cache=True, inline="always")
+def page_remove_rmap_pte(page, i, events):
+    """Mirror of ``page_remove_rmap(page + i, false)`` on a THP subpage: reaching -1 queues the THP
+    for deferred split (``PageTransCompound``)."""
+    page["_mapcount"][i] -= 1
+    if page["_mapcount"][i] == -1:
+        deferred_split_huge_page(page, events)

@@ -12,10 +12,10 @@ from kernels.constants import (
     EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED, HPAGE_PMD_NR, PG_dirty, PG_head, PG_hwpoison,
     PG_locked, PG_lru, RACE_AFTER_FREEZE, RACE_AFTER_PRECHECK, RACE_AFTER_SPLIT, RACE_NONE,
     SPLIT_BUG, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK,
-    SPLIT_OK, TAIL_COPY_FLAGS,
+    SPLIT_OK, TAIL_COPY_FLAGS, V4_5, V5,
 )
 from kernels.freeze import freeze_page, unfreeze_page
-from kernels.mapcount import page_mapcount, total_mapcount
+from kernels.mapcount import mapcount_offset, page_mapcount, total_mapcount
 from kernels.refcount import get_page, put_page
 
 _LOCKED = 1 << PG_locked
@@ -26,12 +26,19 @@ _NOT_HEAD = 0xFFFFFFFF ^ (1 << PG_head)
 
 
 @njit(cache=True, inline="always")
-def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, head_flags, tail):
-    """Mirror of the seed's ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``,
-    over one THP's 512-entry fields; the caller has checked ``BUG_ON(page_tail->_count != 0)`` and
-    passes ``head->flags`` read once (so the loop over tails vectorizes). Returns the mapcount."""
-    mapcount = page_mapcount(_mapcount, tail, compound_mapcount_raw)
-    _count[tail] += mapcount + 1
+def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, offset, head_flags, tail,
+                          variant):
+    """Mirror of ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``, over one
+    THP's 512-entry fields; the caller has checked ``BUG_ON(page_tail->_count != 0)`` and passes
+    ``head->flags`` read once (so the loop over tails vectorizes). Returns the mapcount moved.
+    The seed: ``_count += page_mapcount() + 1``; 4.5: ``page_ref_inc()`` (mappings come back with
+    unfreeze)."""
+    if variant == V4_5:
+        _count[tail] += 1
+        mapcount = 0
+    else:
+        mapcount = page_mapcount(_mapcount, tail, compound_mapcount_raw, offset)
+        _count[tail] += mapcount + 1
     # flags &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON (clears PG_tail), head's copied, dirty set;
     # lru_add_page_tail(): SetPageLRU when list == NULL. mapping/index: vmstate derives them from the
     # block once PG_tail is clear (mapping = head's, index = head.index + tail).
@@ -41,7 +48,7 @@ def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, head_
 
 
 @njit(cache=True)
-def _split_huge_page(b, blocks, costs, bug):
+def _split_huge_page(b, blocks, costs, bug, variant):
     """Mirror of the seed's ``__split_huge_page()`` up to ``ClearPageCompound(head)`` (the caller
     then unfreezes and puts). Returns 0, or -1 on BUG."""
     page = blocks[b]
@@ -57,9 +64,11 @@ def _split_huge_page(b, blocks, costs, bug):
             bug[3] = _count[i]
             return -1
     head_flags = flags[0]
+    offset = mapcount_offset(page, variant)
     tail_mapcount = 0
     for i in range(HPAGE_PMD_NR - 1, 0, -1):
-        tail_mapcount += _split_huge_page_tail(flags, _count, _mapcount, cmc, head_flags, i)
+        tail_mapcount += _split_huge_page_tail(flags, _count, _mapcount, cmc, offset, head_flags, i,
+                                               variant)
     _count[0] -= tail_mapcount
     flags[0] &= _NOT_HEAD             # ClearPageCompound(head)
     page["compound_mapcount"] = -1    # page[1].mapping now holds the head's mapping
@@ -95,23 +104,26 @@ def _race(point, pin_at, unpin_at, blocks, b, costs):
 
 @njit(cache=True)
 def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
-                            costs, events, bug, pin_at=RACE_NONE, unpin_at=RACE_NONE):
+                            costs, events, bug, pin_at=RACE_NONE, unpin_at=RACE_NONE, variant=V5):
     """Mirror of the seed's ``split_huge_page_to_list(page, NULL)`` for the THP in block ``b``, passed
     by its head page, which the caller has referenced and locked. Returns (ret, reason).
     ``pin_at``/``unpin_at``: where a racing pin lands and leaves (``RACE_*``, see ``_race``)."""
     page = blocks[b]
     head_pfn = b * HPAGE_PMD_NR
     # page_get_anon_vma(): NULL when !page_mapped(page)
-    if total_mapcount(page["_mapcount"], page["compound_mapcount"]) == 0:
+    if total_mapcount(page["_mapcount"], page["compound_mapcount"],
+                      mapcount_offset(page, variant)) == 0:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_ANON_VMA
     costs[C_ANON_VMA_LOCK] += 1
     # Racy check if we can split the page, before freeze_page() will split PMDs
-    if total_mapcount(page["_mapcount"], page["compound_mapcount"]) != page["_count"][0] - 1:
+    if total_mapcount(page["_mapcount"], page["compound_mapcount"],
+                      mapcount_offset(page, variant)) != page["_count"][0] - 1:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_PRECHECK
     _race(RACE_AFTER_PRECHECK, pin_at, unpin_at, blocks, b, costs)
-    freeze_page(b, v0, v1, vma_pmd_row, pmds, tables, blocks, costs, events)
+    freeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, pmds, tables, blocks, costs, events,
+                variant)
     _race(RACE_AFTER_FREEZE, pin_at, unpin_at, blocks, b, costs)
     if page["compound_mapcount"] != -1:  # VM_BUG_ON_PAGE(compound_mapcount(head), head)
         bug[0] = head_pfn
@@ -119,24 +131,45 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
         bug[2] = page["compound_mapcount"] + 1
         return -EBUSY, SPLIT_BUG
     # Both values are read once and reported as tested (the review's point).
-    mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"])
+    mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"],
+                              mapcount_offset(page, variant))
     count = page["_count"][0]
-    if mapcount == count - 1:
-        if _split_huge_page(b, blocks, costs, bug):
+    if _recheck_ok(mapcount, count, variant):
+        if _split_huge_page(b, blocks, costs, bug, variant):
             return -EBUSY, SPLIT_BUG
-        unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
+        unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs,
+                      variant)
         _put_split_subpages(page, costs)
         events[EV_THP_SPLIT_PAGE] += 1
         return 0, SPLIT_OK
-    if mapcount > count - 1:
+    if _recheck_bug(mapcount, count, variant):
         bug[0] = head_pfn
         bug[1] = BUG_RECHECK_MAPCOUNT
         bug[2] = mapcount
         bug[3] = count
         return -EBUSY, SPLIT_BUG
-    unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
+    unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs,
+                  variant)
     events[EV_THP_SPLIT_PAGE_FAILED] += 1
     return -EBUSY, SPLIT_FAIL_RECHECK
+
+
+@njit(cache=True, inline="always")
+def _recheck_ok(mapcount, count, variant):
+    """The seed: ``total_mapcount == page_count - 1`` (the freeze kept every count); 4.5: the
+    freeze dropped them all, ``!mapcount && count == 1`` (the caller's reference)."""
+    if variant == V4_5:
+        return mapcount == 0 and count == 1
+    return mapcount == count - 1
+
+
+@njit(cache=True, inline="always")
+def _recheck_bug(mapcount, count, variant):
+    """The BUG() branch: the seed's ``mapcount > page_count - 1``; 4.5's ``mapcount`` left (a
+    mapping the freeze did not find; DEBUG_VM)."""
+    if variant == V4_5:
+        return mapcount != 0
+    return mapcount > count - 1
 
 
 @njit(cache=True, inline="always")
@@ -147,7 +180,7 @@ def _raced(reason):
 
 @njit(cache=True)
 def split_huge_pages_pid(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
-                         ret, reason, costs, events, bug, race_pin, race_unpin):
+                         ret, reason, costs, events, bug, race_pin, race_unpin, variant):
     """Mirror of debugfs ``split_huge_pages`` for a pid range (``mm/huge_memory.c``, v5.x): per THP
     get_page, lock_page, split_huge_page, unlock_page, put_page. THP ``k`` is block ``thps[k]``, its
     VMAs ``vma_ptr[k] <= v < vma_ptr[k + 1]``. Stops at the first BUG; returns how many THPs ran."""
@@ -157,7 +190,7 @@ def split_huge_pages_pid(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, 
         blocks[b]["flags"][0] |= _LOCKED
         r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
                                          vma_write, blocks, pmds, tables, costs, events, bug,
-                                         race_pin[k], race_unpin[k])
+                                         race_pin[k], race_unpin[k], variant)
         ret[k] = r
         reason[k] = why
         if why == SPLIT_BUG:
@@ -179,7 +212,7 @@ PENDING = -1
 
 
 @njit(cache=True, parallel=True)
-def phase_precheck(thps, blocks, reason, ret, costs, events, race_pin, race_unpin):
+def phase_precheck(thps, blocks, reason, ret, costs, events, race_pin, race_unpin, variant):
     """get_page + lock_page, page_get_anon_vma and the racy precheck of every THP."""
     for k in prange(thps.shape[0]):
         t = get_thread_id()
@@ -187,7 +220,8 @@ def phase_precheck(thps, blocks, reason, ret, costs, events, race_pin, race_unpi
         page = blocks[b]
         page["_count"][0] += 1
         page["flags"][0] |= _LOCKED
-        mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"])
+        mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"],
+                                  mapcount_offset(page, variant))
         if mapcount == 0:
             reason[k] = SPLIT_FAIL_ANON_VMA
             ret[k] = -EBUSY
@@ -204,18 +238,18 @@ def phase_precheck(thps, blocks, reason, ret, costs, events, race_pin, race_unpi
 
 
 @njit(cache=True, parallel=True)
-def phase_freeze(thps, vma_ptr, vma_pmd_row, blocks, pmds, tables, reason, costs, events, race_pin,
-                 race_unpin):
+def phase_freeze(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, blocks, pmds, tables, reason, costs,
+                 events, race_pin, race_unpin, variant):
     for k in prange(thps.shape[0]):
         if reason[k] == PENDING:
             t = get_thread_id()
-            freeze_page(thps[k], vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, pmds, tables, blocks,
-                        costs[t], events[t])
+            freeze_page(thps[k], vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi, pmds,
+                        tables, blocks, costs[t], events[t], variant)
             _race(RACE_AFTER_FREEZE, race_pin[k], race_unpin[k], blocks, thps[k], costs[t])
 
 
 @njit(cache=True, parallel=True)
-def phase_recheck(thps, blocks, reason, ret, bugs, events):
+def phase_recheck(thps, blocks, reason, ret, bugs, events, variant):
     """The recheck after freeze_page(); a BUG leaves (kind, value, value) in ``bugs[k]``."""
     for k in prange(thps.shape[0]):
         if reason[k] != PENDING:
@@ -226,11 +260,12 @@ def phase_recheck(thps, blocks, reason, ret, bugs, events):
             bugs[k, 0] = BUG_COMPOUND_MAPCOUNT
             bugs[k, 1] = page["compound_mapcount"] + 1
             continue
-        mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"])
+        mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"],
+                                  mapcount_offset(page, variant))
         count = page["_count"][0]
-        if mapcount == count - 1:
+        if _recheck_ok(mapcount, count, variant):
             continue
-        if mapcount > count - 1:
+        if _recheck_bug(mapcount, count, variant):
             reason[k] = SPLIT_BUG
             bugs[k, 0] = BUG_RECHECK_MAPCOUNT
             bugs[k, 1] = mapcount
@@ -242,12 +277,12 @@ def phase_recheck(thps, blocks, reason, ret, bugs, events):
 
 
 @njit(cache=True, parallel=True)
-def phase_split_tails(thps, blocks, reason, bugs, costs, bug):
+def phase_split_tails(thps, blocks, reason, bugs, costs, bug, variant):
     """__split_huge_page() of every THP that passed the recheck; ``bug``: a scratch row per thread."""
     for k in prange(thps.shape[0]):
         if reason[k] == PENDING:
             t = get_thread_id()
-            if _split_huge_page(thps[k], blocks, costs[t], bug[t]):
+            if _split_huge_page(thps[k], blocks, costs[t], bug[t], variant):
                 reason[k] = SPLIT_BUG
                 bugs[k, 0] = BUG_TAIL_COUNT
                 bugs[k, 1] = bug[t, 2]
@@ -256,11 +291,11 @@ def phase_split_tails(thps, blocks, reason, bugs, costs, bug):
 
 @njit(cache=True, parallel=True)
 def phase_unfreeze(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
-                   reason, costs):
+                   reason, costs, variant):
     for k in prange(thps.shape[0]):
         if reason[k] == PENDING or reason[k] == SPLIT_FAIL_RECHECK:
             unfreeze_page(thps[k], vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
-                          vma_write, pmds, tables, blocks, costs[get_thread_id()])
+                          vma_write, pmds, tables, blocks, costs[get_thread_id()], variant)
 
 
 @njit(cache=True, parallel=True)
@@ -282,7 +317,8 @@ def phase_put(thps, blocks, reason, ret, costs, events, race_unpin):
 
 @njit(cache=True, parallel=True)
 def split_huge_pages_parallel(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds,
-                              tables, ret, reason, costs, events, bugs, race_pin, race_unpin):
+                              tables, ret, reason, costs, events, bugs, race_pin, race_unpin,
+                              variant):
     """``split_huge_pages_pid`` with every THP on its own iteration of a prange (THPs share no
     block, PMD entry or PTE table): one pass over each THP's memory. Counters go to the THP's own
     row of ``costs``/``events`` (``[thp, counter]``; the caller sums them). A THP that hits BUG()
@@ -293,7 +329,7 @@ def split_huge_pages_parallel(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_wr
         blocks[b]["flags"][0] |= _LOCKED
         r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
                                          vma_write, blocks, pmds, tables, costs[k], events[k],
-                                         bugs[k], race_pin[k], race_unpin[k])
+                                         bugs[k], race_pin[k], race_unpin[k], variant)
         ret[k] = r
         reason[k] = why
         if why != SPLIT_BUG:

@@ -8,8 +8,8 @@ from vmstate.compare import diff_dumps
 from vmstate.population import parse_population, population_program
 
 
-def build_by_ops(table, seed):
-    s = MemoryState()
+def build_by_ops(table, seed, variant="v5"):
+    s = MemoryState(variant)
     for op, *args in population_program(parse_population(table), seed):
         getattr(s, op)(*args)
     return s
@@ -28,11 +28,11 @@ populations = st.fixed_dictionaries({
 
 
 @settings(max_examples=60, deadline=None)
-@given(table=populations, seed=st.integers(0, 2**32))
-def test_population_equals_its_program(table, seed):
-    generated = MemoryState.from_population(table, seed=seed)
+@given(table=populations, seed=st.integers(0, 2**32), variant=st.sampled_from(["v5", "v4.5"]))
+def test_population_equals_its_program(table, seed, variant):
+    generated = MemoryState.from_population(table, seed=seed, variant=variant)
     generated.validate()
-    built = build_by_ops(table, seed)
+    built = build_by_ops(table, seed, variant)
     a, b = generated.dump(), built.dump()
     assert a == b, "\n".join(diff_dumps(a, b))
     held = lambda s: {k: [p.tolist() for p in v] for k, v in s.pins.items() if v}  # noqa: E731

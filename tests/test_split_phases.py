@@ -16,7 +16,8 @@ def serial(state, thps):
     costs, events = np.zeros(len(COSTS), np.int64), np.zeros(len(VM_EVENTS), np.int64)
     none = np.zeros(len(thps), np.int64)
     split_huge_pages_pid(thps, ptr, rows, lo, hi, write, state.blocks.a, state.pmds.a,
-                         state.tables.a, ret, reason, costs, events, np.zeros(4, np.int64), none, none)
+                         state.tables.a, ret, reason, costs, events, np.zeros(4, np.int64), none, none,
+                         state.variant)
     state._costs += costs
     state.events += events
     return reason

@@ -6,6 +6,8 @@ translated from the PG_* bits; ``mapcount`` is what ``/proc/kpagecount`` reports
 import numpy as np
 import polars as pl
 
+from vmstate.validate import mapcount_offsets
+
 from kernels.constants import (
     HPAGE_PMD_NR, PG_active, PG_dirty, PG_error, PG_head, PG_hwpoison, PG_locked, PG_lru,
     PG_mlocked, PG_reclaim, PG_referenced, PG_slab, PG_swapbacked, PG_swapcache, PG_tail,
@@ -45,14 +47,14 @@ def page_columns(state):
     head_flags = a["flags"][b, 0]
     thp = ((head_flags & (1 << PG_head)) != 0) & ((i == 0) | ((flags & (1 << PG_tail)) != 0))
     cmc = np.where(thp, a["compound_mapcount"][b] + 1, 0)
+    offset = mapcount_offsets(state)
     raw = a["_mapcount"][b, i].astype(np.int64)
-    # v5: page_mapcount() = raw + 1, plus the other PMD mappings beside the offset
-    mapcount = raw + 1 + np.where(cmc > 0, cmc - 1, 0)
+    # page_mapcount() = raw + 1 + compound_mapcount - offset (v5's PMD offset or 4.5's double map)
+    mapcount = raw + 1 + cmc - np.where(thp, offset[b], 0)
     total = np.zeros(len(pfn), np.int64)
     if thp.any():
-        per_thp = a["_mapcount"].astype(np.int64).sum(axis=1) + N
         cmc_b = a["compound_mapcount"].astype(np.int64) + 1
-        per_thp = per_thp + cmc_b - np.where(cmc_b > 0, N, 0)
+        per_thp = a["_mapcount"].astype(np.int64).sum(axis=1) + N + cmc_b - N * offset
         total = np.where(thp, per_thp[b], 0)
     refcount = np.where(thp, a["_count"][b, 0], a["_count"][b, i]).astype(np.int64)
     mapping, _ = state.page_mapping_index()

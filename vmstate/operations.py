@@ -11,7 +11,7 @@ import numpy as np
 from kernels.constants import (
     EV_THP_FAULT_ALLOC, HPAGE_PMD_NR,
     HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_head, PTE_PFN_MASK, PTE_PFN_SHIFT,
-    ANON_FAULT_FLAGS, PG_tail, VM_ANON_DEFAULT, VM_HUGEPAGE, VM_WRITE, _PAGE_ACCESSED, _PAGE_DIRTY,
+    ANON_FAULT_FLAGS, PG_tail, V5, VM_ANON_DEFAULT, VM_HUGEPAGE, VM_WRITE, _PAGE_ACCESSED, _PAGE_DIRTY,
     _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.errors import BadInput
@@ -153,7 +153,8 @@ def _fault_thp(state, mm, haddr, anon_vma):
     rec["flags"][0] = (1 << PG_head) | ANON_FAULT_FLAGS
     rec["flags"][1:] = 1 << PG_tail
     rec["_count"][0] = 1
-    rec["_mapcount"][:] = 0     # the v5 offset: every subpage carries the PMD mapping
+    # v5: the offset, every subpage carries the PMD mapping; 4.5: no offset (raw -1 stays)
+    rec["_mapcount"][:] = 0 if state.variant == V5 else -1
     rec["compound_mapcount"] = 0
     row = state.pmd_row(mm, haddr, create=True)
     state.pmd[row] = (b * N << PTE_PFN_SHIFT) | _FAULT_ENTRY | _PAGE_PSE

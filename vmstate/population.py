@@ -38,7 +38,8 @@ import numpy as np
 from kernels.constants import (
     ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH,
     EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PMD, HPAGE_PMD_NR,
-    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_head, PG_tail, PTE_PFN_SHIFT, VM_ANON_DEFAULT,
+    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_double_map, PG_head, PG_tail, PTE_PFN_SHIFT, V4_5,
+    VM_ANON_DEFAULT,
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
 from kernels.pmd import populate_pte_tables
@@ -182,7 +183,14 @@ def build_population(state, pop: Population, seed: int):
     blocks = state.blocks.a[b0:]
     blocks["flags"][:, 0] = (1 << PG_head) | ANON_FAULT_FLAGS
     blocks["flags"][:, 1:] = 1 << PG_tail
-    blocks["_mapcount"][:] = (T - 1 + (P > 0))[:, None]
+    # The offset on every subpage: v5 while a PMD maps the THP; 4.5's PG_double_map while PMDs and
+    # PTEs map it at once (a partial zap in the parent of a THP other processes map by PMD).
+    if state.variant == V4_5:
+        offset = d.partial & ~d.pte & (m > 1)
+        blocks["flags"][:, 1] |= np.where(offset, 1 << PG_double_map, 0).astype(np.uint32)
+    else:
+        offset = P > 0
+    blocks["_mapcount"][:] = (T - 1 + offset)[:, None]
     zap_rows = np.flatnonzero(d.partial)
     zap_cols = d.offset[zap_rows, None] + np.arange(k)[None, :]
     blocks["_mapcount"][zap_rows[:, None], zap_cols] -= 1

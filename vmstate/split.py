@@ -181,7 +181,8 @@ def split_thps(state, thps, *, phased=False, race: Race | None = None, mm=None) 
         per_events = np.zeros((n, len(VM_EVENTS)), np.int64)
         t0 = time.perf_counter()
         k_split.split_huge_pages_parallel(thps, ptr, rows, lo, hi, write, blocks, pmds, tables, ret,
-                                          reason, per_costs, per_events, bugs, race_pin, race_unpin)
+                                          reason, per_costs, per_events, bugs, race_pin, race_unpin,
+                                          state.variant)
         seconds["split"] = time.perf_counter() - t0
         _raise_bug(thps, reason, bugs[:, 1:], state, per_costs, per_events)
         _reduce(state, per_costs, per_events)
@@ -194,17 +195,18 @@ def split_thps(state, thps, *, phased=False, race: Race | None = None, mm=None) 
         fn(*args)
         seconds[name] = time.perf_counter() - t
 
+    v = state.variant
     timed("precheck", k_split.phase_precheck, thps, blocks, reason, ret, costs, events, race_pin,
-          race_unpin)
-    timed("freeze", k_split.phase_freeze, thps, ptr, rows, blocks, pmds, tables, reason, costs, events,
-          race_pin, race_unpin)
-    timed("recheck", k_split.phase_recheck, thps, blocks, reason, ret, bugs, events)
+          race_unpin, v)
+    timed("freeze", k_split.phase_freeze, thps, ptr, rows, lo, hi, blocks, pmds, tables, reason, costs,
+          events, race_pin, race_unpin, v)
+    timed("recheck", k_split.phase_recheck, thps, blocks, reason, ret, bugs, events, v)
     _raise_bug(thps, reason, bugs, state, costs, events)
     timed("tail_split", k_split.phase_split_tails, thps, blocks, reason, bugs, costs,
-          np.zeros((threads, 4), np.int64))
+          np.zeros((threads, 4), np.int64), v)
     _raise_bug(thps, reason, bugs, state, costs, events)
     timed("unfreeze", k_split.phase_unfreeze, thps, ptr, rows, lo, hi, write, blocks, pmds, tables,
-          reason, costs)
+          reason, costs, v)
     timed("put", k_split.phase_put, thps, blocks, reason, ret, costs, events, race_unpin)
     _reduce(state, costs, events)
     _record_held_pins(state, mm, thps, reason, race_pin, race_unpin)
@@ -234,8 +236,9 @@ def _raise_bug(thps, reason, bugs, state, costs, events):
     head = int(thps[k]) * N
     kind, a, b = (int(x) for x in bugs[k])
     if kind == BUG_RECHECK_MAPCOUNT:
-        msg = (f"pfn 0x{head:x}: split_huge_page_to_list() recheck found total_mapcount={a} > "
-               f"page_count - 1 = {b - 1} (page_count={b}); the kernel BUG()s here")
+        msg = (f"pfn 0x{head:x}: split_huge_page_to_list() recheck after freeze_page() found "
+               f"total_mapcount={a} with page_count={b}: a mapping the freeze did not account for "
+               f"(the kernel BUG()s here)")
     elif kind == BUG_COMPOUND_MAPCOUNT:
         msg = (f"pfn 0x{head:x}: compound_mapcount={a} after freeze_page(), expected 0 "
                f"(VM_BUG_ON_PAGE in split_huge_page_to_list)")

@@ -14,8 +14,8 @@ import numpy as np
 from kernels import refcount as k_refcount
 from kernels.constants import (
     COSTS, C_MMU_NOTIFIER, C_PMD_LOCK, EV_THP_DEFERRED_SPLIT_PAGE, FIRST_BLOCK, HPAGE_PMD_NR,
-    HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PG_head, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT,
-    TAIL_MAPPING, VM_EVENTS, _PAGE_PRESENT, _PAGE_PSE,
+    HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PG_double_map, PG_head, PG_tail, PTE_PFN_MASK,
+    PTE_PFN_SHIFT, TAIL_MAPPING, V4_5, VARIANTS, VM_EVENTS, _PAGE_PRESENT, _PAGE_PSE,
 )
 from kernels.pmd import _split_huge_pmd_locked
 from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
@@ -23,6 +23,7 @@ from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
 N = HPAGE_PMD_NR
 _HEAD = 1 << PG_head
 _TAIL = 1 << PG_tail
+_DOUBLE_MAP = 1 << PG_double_map
 
 
 @dataclass(eq=False)
@@ -110,7 +111,12 @@ class _Grow:
 class MemoryState:
     """The whole simulated machine: frames, processes and the counters of ``/proc/vmstat``."""
 
-    def __init__(self):
+    def __init__(self, variant: str = "v5"):
+        from vmstate.errors import BadInput
+        if variant not in VARIANTS:
+            raise BadInput(f"expected one of {', '.join(VARIANTS)}, got {variant!r}", field="variant")
+        self.variant_name = variant
+        self.variant = VARIANTS[variant]  # what the kernels get: V5 or V4_5
         self.blocks = _Grow(PAGE_BLOCK_DTYPE)
         for _ in range(FIRST_BLOCK):  # never handed out: no frame of it is allocated
             self.alloc_block(MAPPING_NULL, 0, 0, 0)
@@ -206,11 +212,19 @@ class MemoryState:
             self.deferred_split_huge_page(int(blk))
 
     def page_remove_rmap_compound(self, b):
-        """v5 ``page_remove_rmap(page)`` for a PMD mapping: the last one drops the offset."""
+        """``page_remove_rmap(page, compound)`` for a PMD mapping. v5: the last one drops the offset
+        and a subpage reaching -1 queues the THP. 4.5 (``page_remove_anon_compound_rmap``): the last
+        one clears PG_double_map (dropping its +1: queued if a subpage reaches -1), or, with no PTE
+        mapping possible, queues the THP for deferred split whole (nr = HPAGE_PMD_NR)."""
         cmc = self.compound_mapcount_raw
         cmc[b] -= 1
         if cmc[b] >= 0:
             return
+        flags = self.flags[b]
+        if self.variant == V4_5 and not flags[1] & _DOUBLE_MAP:
+            self.deferred_split_huge_page(b)
+            return
+        flags[1] &= ~np.uint32(_DOUBLE_MAP)
         row = self._mapcount[b]
         row -= 1
         if (row == -1).any():
@@ -253,7 +267,7 @@ class MemoryState:
         self._costs[C_PMD_LOCK] += 1
         self._costs[C_MMU_NOTIFIER] += 1
         _split_huge_pmd_locked(self.pmds.a, self.tables.a, row, self.blocks.a, b, False, self._costs,
-                               self.events)
+                               self.events, self.variant)
 
     def table_of_huge(self, row):
         """Make sure a huge PMD has its deposited PTE table (pgtable_trans_huge_deposit)."""
@@ -344,7 +358,7 @@ class MemoryState:
         validate_state(self)
 
     @classmethod
-    def from_population(cls, table: dict, seed: int = 0) -> "MemoryState":
+    def from_population(cls, table: dict, seed: int = 0, variant: str = "v5") -> "MemoryState":
         """A state generated from a ``[population]`` table (:mod:`vmstate.population`); refused with
         the estimate, before allocating, when it would not fit in the memory available."""
         from vmstate.errors import BadInput
@@ -355,7 +369,7 @@ class MemoryState:
             raise BadInput(f"{pop.thps} THPs need about {need / 2**30:.1f} GiB "
                            f"({need // pop.thps} bytes per THP with its split PTE tables), "
                            f"{have / 2**30:.1f} GiB is available (ENOMEM)", field="thps")
-        return build_population(cls(), pop, seed)
+        return build_population(cls(variant), pop, seed)
 
 
 def available_memory() -> int:
