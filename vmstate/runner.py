@@ -47,6 +47,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False) -> RunResult:
         except (BadInput, CorruptState, MemoryError) as e:
             raise _with_context(e, where(scenario.path, op.index, op.line)) from e
     summary = {"scenario": scenario.name,
+               "variant": scenario.variant,
                "vm_events": {k: int(v) for k, v in state.vm_events.items()},
                "costs": {k: int(v) for k, v in state.costs.items()},
                "splits": splits,
@@ -74,12 +75,13 @@ def _check_fits(scenario: Scenario):
 
 def _initial_state(scenario: Scenario, validate: bool):
     if scenario.population is None:
-        return MemoryState()
+        return MemoryState(scenario.variant)
     if not hasattr(MemoryState, "from_population"):
         raise BadInput(f"{where(scenario.path, table='population')}: population is not supported "
                        f"yet (this engine has no MemoryState.from_population)", field="population")
     try:
-        state = MemoryState.from_population(scenario.population, seed=scenario.seed)
+        state = MemoryState.from_population(scenario.population, seed=scenario.seed,
+                                            variant=scenario.variant)
         if validate:
             state.validate()
     except (BadInput, CorruptState, MemoryError) as e:

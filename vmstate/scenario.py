@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
-from kernels.constants import PAGE_SIZE
+from kernels.constants import PAGE_SIZE, VARIANTS
 from vmstate.errors import BadInput
 
 MAX_SCENARIO_BYTES = 16 << 20
@@ -39,7 +39,7 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
     "split": (("mm", "addr", "len"), {"race": None}),
     "snapshot": (("label",), {}),
 }
-SCENARIO_KEYS = {"name": True, "seed": False}  # key -> required
+SCENARIO_KEYS = {"name": True, "seed": False, "variant": False}  # key -> required
 TOP_LEVEL = ("scenario", "op", "population")
 PROTS = ("r", "rw")
 _SIZE = re.compile(r"(0x[0-9a-fA-F]+|[0-9]+)([KkMmGg]?)")
@@ -64,6 +64,7 @@ class Scenario:
     path: Path
     ops: list[Op] = dc_field(default_factory=list)
     population: dict | None = None
+    variant: str = "v5"  # the refcounting design: "v5" (the patch series) or "v4.5" (mainline)
 
 
 def where(path, index: int | None = None, line: int | None = None, table: str | None = None) -> str:
@@ -121,12 +122,12 @@ def load_scenario(path) -> Scenario:
         if key not in TOP_LEVEL:
             _Ctx(str(path)).fail(f"unknown top-level table or key '{key}' (expected "
                                  f"{', '.join(TOP_LEVEL)})")
-    name, seed = _check_scenario_table(path, doc.get("scenario"), lines["scenario"])
+    name, seed, variant = _check_scenario_table(path, doc.get("scenario"), lines["scenario"])
     population = doc.get("population")
     if population is not None and not isinstance(population, dict):
         _Ctx(str(path)).expected("population", "a table [population]", population)
     ops = _check_ops(path, doc.get("op", []), lines["op"], population is not None)
-    return Scenario(name=name, seed=seed, path=path, ops=ops, population=population)
+    return Scenario(name=name, seed=seed, path=path, ops=ops, population=population, variant=variant)
 
 
 def _read_text(path: Path) -> str:
@@ -183,7 +184,7 @@ def _header_lines(text: str) -> dict:
     return {"scenario": found["scenario"][0] if found["scenario"] else None, "op": found["op"]}
 
 
-def _check_scenario_table(path: Path, table, line: int | None) -> tuple[str, int]:
+def _check_scenario_table(path: Path, table, line: int | None) -> tuple[str, int, str]:
     ctx = _Ctx(where(path, table="scenario", line=line))
     if table is None:
         _Ctx(str(path)).fail('missing table [scenario] (expected at least name = "...")')
@@ -201,7 +202,10 @@ def _check_scenario_table(path: Path, table, line: int | None) -> tuple[str, int
     seed = table.get("seed", 0)
     if type(seed) is not int or not 0 <= seed < 1 << 64:
         ctx.expected("seed", "an integer in [0, 2**64)", seed)
-    return name, seed
+    variant = table.get("variant", "v5")
+    if variant not in VARIANTS:
+        ctx.expected("variant", f"one of {', '.join(repr(v) for v in VARIANTS)}", variant)
+    return name, seed, variant
 
 
 # ---------------------------------------------------------------------------------------------
