@@ -95,7 +95,7 @@ def test_missing_scenario_table(tmp_path):
      "seed"),
     ('name = "t"\nseed = -1', "field 'seed': expected an integer in [0, 2**64), got -1", "seed"),
     ('name = "t"\nseed = "7"', "field 'seed': expected an integer in [0, 2**64), got '7'", "seed"),
-    ('name = "t"\nsede = 7', "field 'sede': unknown key (expected name, seed)", "sede"),
+    ('name = "t"\nsede = 7', "field 'sede': unknown key (expected name, seed, variant)", "sede"),
 ])
 def test_scenario_table(tmp_path, body, message, field):
     check(tmp_path, "# comment\n[scenario]\n" + body + "\n", f"[scenario] (line 2): {message}", field)
