@@ -19,9 +19,9 @@ from kernels.refcount import page_remove_rmap_pte
 
 
 @njit(cache=True)
-def freeze_page_vma(row, b, lo, hi, pmds, tables, blocks, costs, events, variant):
+def freeze_page_vma(row, b, lo, pmds, tables, blocks, costs, events, variant):
     """Mirror of ``freeze_page_vma(vma, page, haddr)``; ``row`` is the PMD entry at haddr. The seed
-    walks all 512 PTEs of the table; 4.5 only the VMA's part ``[lo, hi)``."""
+    walks all 512 PTEs of the table; 4.5 from the VMA's first subpage ``lo`` on."""
     # pgd/pud are present for every VMA of the tree (fork's copy_pmd_range allocates the child's
     # PMD page), and pmd_lock() is taken before the pmd_present() test: counted for a none PMD too.
     costs[C_PMD_LOCK] += 1
@@ -38,9 +38,10 @@ def freeze_page_vma(row, b, lo, hi, pmds, tables, blocks, costs, events, variant
     costs[C_PTE_LOCK] += 1
     pte = tables[pmds[row]["pte_table"]]["pte"]
     page = blocks[b]
-    if variant != V4_5:
-        lo, hi = 0, HPAGE_PMD_NR
-    for i in range(lo, hi):
+    # the seed walks all 512 PTEs; 4.5 skips to vm_start (``if (address < vma->vm_start)``) and
+    # does not stop at vm_end
+    start = lo if variant == V4_5 else 0
+    for i in range(start, HPAGE_PMD_NR):
         e = pte[i]
         if not e & _PAGE_PRESENT:
             continue
@@ -52,7 +53,7 @@ def freeze_page_vma(row, b, lo, hi, pmds, tables, blocks, costs, events, variant
         costs[C_PTE_WRITE] += 1
         if variant == V4_5:
             if e & _PAGE_DIRTY:
-                page["flags"][i] |= 1 << PG_dirty  # SetPageDirty(page)
+                page["flags"][0] |= 1 << PG_dirty  # SetPageDirty(page): PF_HEAD, the head's flag
             page_remove_rmap_pte(page, i, events)  # page_remove_rmap(page, false)
             page["_count"][0] -= 1                 # put_page(page): to the head
 
@@ -63,8 +64,7 @@ def freeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, pmds, tables, blocks, co
     """Mirror of ``freeze_page(anon_vma, page)``: one mmu-notifier range per VMA."""
     for v in range(v0, v1):
         costs[C_MMU_NOTIFIER] += 1
-        freeze_page_vma(vma_pmd_row[v], b, vma_lo[v], vma_hi[v], pmds, tables, blocks, costs,
-                        events, variant)
+        freeze_page_vma(vma_pmd_row[v], b, vma_lo[v], pmds, tables, blocks, costs, events, variant)
 
 
 @njit(cache=True, inline="always")
@@ -99,8 +99,8 @@ def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, table
     if variant == V4_5:
         for v in range(v0, v1):
             costs[C_MMU_NOTIFIER] += 1
-            unfreeze_page_vma_v4_5(vma_pmd_row[v], b, vma_lo[v], vma_hi[v], vma_write[v], pmds,
-                                   tables, blocks, costs)
+            unfreeze_page_vma_v4_5(vma_pmd_row[v], b, vma_lo[v], vma_write[v], pmds, tables, blocks,
+                                   costs)
         return
     page = blocks[b]
     _mapcount = page["_mapcount"]
@@ -121,10 +121,11 @@ def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, table
 
 
 @njit(cache=True)
-def unfreeze_page_vma_v4_5(row, b, lo, hi, writable, pmds, tables, blocks, costs):
-    """Mirror of 4.5's ``unfreeze_page_vma(vma, page, address)``: the VMA's part of the THP under
-    one PTE lock; each migration entry of the page gets its reference and mapping back
-    (``get_page`` + ``page_add_anon_rmap``) and a PTE, dirty if the page is."""
+def unfreeze_page_vma_v4_5(row, b, lo, writable, pmds, tables, blocks, costs):
+    """Mirror of 4.5's ``unfreeze_page_vma(vma, page, address)``: from the VMA's first subpage ``lo``
+    to the THP's end (no stop at vm_end) under one PTE lock; each migration entry of the page gets
+    its reference and mapping back (``get_page`` + ``page_add_anon_rmap``) and a PTE, dirty if the
+    page is (``PageDirty``: the head's flag while compound), writable if the entry and this VMA are."""
     if row < 0:
         return
     entry = pmds[row]["pmd"]
@@ -134,20 +135,18 @@ def unfreeze_page_vma_v4_5(row, b, lo, hi, writable, pmds, tables, blocks, costs
     pte = tables[pmds[row]["pte_table"]]["pte"]
     page = blocks[b]
     compound = page["flags"][0] & (1 << PG_head)  # a failed split: the THP is still compound
-    for i in range(lo, hi):
+    for i in range(lo, HPAGE_PMD_NR):
         e = pte[i]
         if not e & _PAGE_VMS_MIGRATION:
             continue
         pfn = b * HPAGE_PMD_NR + i
         if (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn:
             continue
-        if compound:
-            page["_count"][0] += 1  # get_page(page): to the head while the THP is compound
-        else:
-            page["_count"][i] += 1
+        h = 0 if compound else i
+        page["_count"][h] += 1     # get_page(page)
         page["_mapcount"][i] += 1  # page_add_anon_rmap(page, vma, address, false)
         new = (pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT  # pte_mkold(mk_pte(page, vm_page_prot))
-        if page["flags"][i] & (1 << PG_dirty):
+        if page["flags"][h] & (1 << PG_dirty):
             new |= _PAGE_DIRTY
         if e & _PAGE_RW and writable:
             new |= _PAGE_RW

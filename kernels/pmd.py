@@ -7,7 +7,7 @@ field view of the same memory is strided and ran ~7x slower, ``benchmarks/layout
 from numba import njit, prange
 
 from kernels.constants import (
-    HPAGE_PMD_NR, PG_double_map, PTE_PFN_MASK, PTE_PFN_SHIFT, V4_5, V5, _PAGE_ACCESSED, _PAGE_DIRTY,
+    HPAGE_PMD_NR, PG_dirty, PG_double_map, PTE_PFN_MASK, PTE_PFN_SHIFT, V4_5, V5, _PAGE_ACCESSED, _PAGE_DIRTY,
     _PAGE_PRESENT, _PAGE_RW, _PAGE_VMS_MIGRATION, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_SPLIT_PMD,
 )
 from kernels.refcount import page_remove_rmap_pte
@@ -26,16 +26,21 @@ def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events, 
     write = entry & _PAGE_RW
     young = entry & _PAGE_ACCESSED
     pte = tables[pmds[row]["pte_table"]]["pte"]
+    # v5 makes every PTE dirty; 4.5 leaves them clean and marks the page dirty (PG_dirty is per
+    # THP, on the head) when the PMD was ("mm: don't split THP page when MADV_FREE ...").
+    dirty = _PAGE_DIRTY if variant != V4_5 else 0
     for i in range(HPAGE_PMD_NR):
         e = (pfn + i) << PTE_PFN_SHIFT
         if freeze:
             e |= _PAGE_VMS_MIGRATION | write  # make_migration_entry(page + i, write)
         else:
-            # mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young; v5 makes
-            # every PTE dirty and does not carry soft-dirty.
-            e |= _PAGE_PRESENT | _PAGE_DIRTY | write | young
+            # mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young; soft-dirty
+            # is not carried.
+            e |= _PAGE_PRESENT | dirty | write | young
         pte[i] = e
     page = blocks[b]
+    if variant == V4_5 and entry & _PAGE_DIRTY:
+        page["flags"][0] |= 1 << PG_dirty  # SetPageDirty(page + i)
     if variant == V4_5:
         _split_pmd_counts_v4_5(page, freeze, events)
     else:

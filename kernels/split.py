@@ -31,14 +31,17 @@ def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, offse
     """Mirror of ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``, over one
     THP's 512-entry fields; the caller has checked ``BUG_ON(page_tail->_count != 0)`` and passes
     ``head->flags`` read once (so the loop over tails vectorizes). Returns the mapcount moved.
-    The seed: ``_count += page_mapcount() + 1``; 4.5: ``page_ref_inc()`` (mappings come back with
-    unfreeze)."""
+    ``_count += mapcount + 1`` in both; 4.5's mapcount is ``raw + 1``, 0 after its freeze dropped
+    every mapping (they come back with unfreeze)."""
     if variant == V4_5:
-        _count[tail] += 1
-        mapcount = 0
-    else:
-        mapcount = page_mapcount(_mapcount, tail, compound_mapcount_raw, offset)
+        mapcount = _mapcount[tail] + 1  # 0: the freeze dropped every mapping
         _count[tail] += mapcount + 1
+        # 4.5 copies PG_dirty from the head (PG_dirty is per THP)
+        flags[tail] = ((flags[tail] & (1 << PG_hwpoison))
+                       | (head_flags & (TAIL_COPY_FLAGS | (1 << PG_dirty))) | (1 << PG_lru))
+        return mapcount
+    mapcount = page_mapcount(_mapcount, tail, compound_mapcount_raw, offset)
+    _count[tail] += mapcount + 1
     # flags &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON (clears PG_tail), head's copied, dirty set;
     # lru_add_page_tail(): SetPageLRU when list == NULL. mapping/index: vmstate derives them from the
     # block once PG_tail is clear (mapping = head's, index = head.index + tail).

@@ -8,6 +8,11 @@ else), then the v4.0/v4.1 C for the surrounding code. Every choice those leave o
 the kernel function it follows and listed under "Open points found by the reference" in
 ``docs/semantics.md``. ``VM_BUG_ON``/``BUG_ON`` are ``assert``; the one ``BUG()`` the patch reaches on
 purpose raises :class:`CorruptState`.
+
+``ReferenceState(variant="v4.5")`` is mainline Linux 4.5 instead (where the series landed, in a later
+revision): no permanent offset, ``PG_double_map``, a freeze that drops each mapping's mapcount and
+reference and an unfreeze that takes them back. Every 4.5 choice is commented with the v4.5 function
+it follows ("v4.5 ..."); docs/semantics.md "Variant v4.5" describes the arithmetic.
 """
 from __future__ import annotations
 
@@ -16,13 +21,17 @@ from kernels.constants import (
     _PAGE_VMS_MIGRATION, ANON_FAULT_FLAGS, COSTS, EBUSY, FIRST_BLOCK, HPAGE_PMD_MASK, HPAGE_PMD_NR,
     HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PAGE_SIZE, RACE_AFTER_FREEZE, RACE_AFTER_PRECHECK,
     RACE_AFTER_SPLIT, RACE_NONE, PG_dirty, PG_head, PG_hwpoison, PG_locked,
-    PG_lru, PG_swapbacked, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT, SPLIT_FAIL_ANON_VMA,
+    PG_double_map, PG_lru, PG_swapbacked, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT, SPLIT_FAIL_ANON_VMA,
     SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, TAIL_COPY_FLAGS, TAIL_MAPPING, VM_ANON_DEFAULT,
     VM_EVENTS, VM_EXEC, VM_HUGEPAGE, VM_MAYWRITE, VM_READ, VM_WRITE,
 )
 from vmstate.errors import BadInput, CorruptState
 
 N = HPAGE_PMD_NR
+VARIANTS = ("v5", "v4.5")
+
+# v4.5 __split_huge_page_tail(): the flags copied from the head; PG_dirty is copied, not set.
+TAIL_COPY_FLAGS_V45 = TAIL_COPY_FLAGS | (1 << PG_dirty)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,32 +96,84 @@ def compound_head(page: Page) -> Page:
 
 
 def compound_mapcount(head: Page) -> int:
-    """Mirror of v5 `include/linux/mm.h:compound_mapcount()`: raw value in ``page[1]`` plus one."""
+    """Mirror of v5 `include/linux/mm.h:compound_mapcount()`: raw value in ``page[1]`` plus one (the
+    same in v4.5)."""
     assert PageHead(head)
     return head.block[1]._compound_mapcount + 1
 
 
-def page_mapcount(page: Page) -> int:
+def PageDoubleMap(head: Page) -> bool:
+    """Mirror of v4.5 `include/linux/page-flags.h:PageDoubleMap()`: PG_double_map, kept in
+    ``page[1].flags``."""
+    return PageHead(head) and bool(head.block[1].flags & (1 << PG_double_map))
+
+
+def TestSetPageDoubleMap(head: Page) -> bool:
+    """Mirror of v4.5 `TestSetPageDoubleMap()` (test_and_set_bit on ``page[1].flags``)."""
+    assert PageHead(head)
+    old = bool(head.block[1].flags & (1 << PG_double_map))
+    head.block[1].flags |= 1 << PG_double_map
+    return old
+
+
+def TestClearPageDoubleMap(head: Page) -> bool:
+    """Mirror of v4.5 `TestClearPageDoubleMap()` (test_and_clear_bit on ``page[1].flags``)."""
+    assert PageHead(head)
+    old = bool(head.block[1].flags & (1 << PG_double_map))
+    head.block[1].flags &= ~(1 << PG_double_map)
+    return old
+
+
+def PageDirty(page: Page) -> bool:
+    """v4.5 `PAGEFLAG(Dirty, dirty, PF_HEAD)`: a tail page reads its head's PG_dirty."""
+    return bool(compound_head(page).flags & (1 << PG_dirty))
+
+
+def SetPageDirty(page: Page) -> None:
+    """v4.5 `PAGEFLAG(Dirty, dirty, PF_HEAD)`: setting it on a tail page sets the head's PG_dirty."""
+    compound_head(page).flags |= 1 << PG_dirty
+
+
+def page_mapcount(page: Page, variant: str = "v5") -> int:
     """Mirror of v5 `include/linux/mm.h:page_mapcount()`: a positive compound_mapcount offsets every
-    subpage's ``_mapcount`` by one."""
+    subpage's ``_mapcount`` by one. ``variant="v4.5"``: v4.5 `mm/util.c:__page_mapcount()`, where
+    PG_double_map is the offset: raw + 1 + compound_mapcount - PageDoubleMap."""
     ret = page._mapcount + 1
     if PageCompound(page):
         head = compound_head(page)
         ret += compound_mapcount(head)
-        if compound_mapcount(head):
+        if variant == "v4.5":
+            if PageDoubleMap(head):
+                ret -= 1
+        elif compound_mapcount(head):
             ret -= 1
     return ret
 
 
-def total_mapcount(head: Page) -> int:
-    """Mirror of `mm/huge_memory.c:total_mapcount()` (v5 patch 25/28)."""
+def total_mapcount(head: Page, variant: str = "v5") -> int:
+    """Mirror of `mm/huge_memory.c:total_mapcount()` (v5 patch 25/28; ``variant="v4.5"``: v4.5
+    `total_mapcount()`, which subtracts N for PG_double_map instead of for compound_mapcount)."""
     ret = compound_mapcount(head)
     for i in range(N):
         ret += head.block[i]._mapcount + 1
+    if variant == "v4.5":
+        if PageDoubleMap(head):
+            ret -= N
     # Positive compound_mapcount() offsets ->_mapcount in every subpage by one.
-    if compound_mapcount(head):
+    elif compound_mapcount(head):
         ret -= N
     return ret
+
+
+def page_mapped(page: Page) -> bool:
+    """Mirror of v4.5 `include/linux/mm.h:page_mapped()`: compound_mapcount or any subpage's
+    ``_mapcount`` (equal to ``total_mapcount() != 0`` in both variants)."""
+    if not PageCompound(page):
+        return page._mapcount >= 0
+    head = compound_head(page)
+    if head.block[1]._compound_mapcount >= 0:
+        return True
+    return any(head.block[i]._mapcount >= 0 for i in range(N))
 
 
 def page_count(page: Page) -> int:
@@ -288,9 +349,18 @@ def _vma_address(page: Page, vma: VmAreaStruct) -> int:
 # --------------------------------------------------------------------------------------------------
 
 class ReferenceState:
-    """The whole simulated machine: frames, processes, anon_vmas, pins, counters."""
+    """The whole simulated machine: frames, processes, anon_vmas, pins, counters.
 
-    def __init__(self):
+    ``variant``: ``"v5"`` (the patch series, default) or ``"v4.5"`` (mainline Linux 4.5). ``atomics``
+    counts, in both variants and apart from ``dump()``: ``mapcount_writes`` (every write to a
+    ``_mapcount`` or a compound_mapcount) and ``refcount_ops`` (every atomic on a ``_count``);
+    docs/semantics.md "Variant v4.5" gives the rules."""
+
+    def __init__(self, variant: str = "v5"):
+        if variant not in VARIANTS:
+            raise BadInput(f"expected one of {', '.join(VARIANTS)}, got {variant!r}", field="variant")
+        self.variant = variant
+        self.v45 = variant == "v4.5"
         self.pages: dict[int, Page] = {}
         self.mem_map: dict[int, list] = {}  # block -> 512 entries (Page or None)
         self.next_block = FIRST_BLOCK
@@ -300,6 +370,32 @@ class ReferenceState:
         self.pins: dict[tuple[str, int, int], list[list[int]]] = {}
         self.vm_events = {k: 0 for k in VM_EVENTS}
         self.costs = {k: 0 for k in COSTS}
+        self.atomics = {"mapcount_writes": 0, "refcount_ops": 0}
+
+    # ---- variant-aware accessors ----------------------------------------------------------------
+
+    def page_mapcount(self, page: Page) -> int:
+        return page_mapcount(page, self.variant)
+
+    def total_mapcount(self, head: Page) -> int:
+        return total_mapcount(head, self.variant)
+
+    def _mapcount_add(self, page: Page, delta: int) -> int:
+        """One atomic on ``page->_mapcount`` (atomic_inc/dec/add_negative); returns the new raw."""
+        page._mapcount += delta
+        self.atomics["mapcount_writes"] += 1
+        return page._mapcount
+
+    def _compound_mapcount_add(self, head: Page, delta: int) -> int:
+        """One atomic on ``compound_mapcount_ptr(head)``; returns the new raw value."""
+        head.block[1]._compound_mapcount += delta
+        self.atomics["mapcount_writes"] += 1
+        return head.block[1]._compound_mapcount
+
+    def _count_add(self, page: Page, delta: int) -> None:
+        """One atomic on ``page->_count`` other than get_page()/put_page() (atomic_add/sub/inc)."""
+        page._count += delta
+        self.atomics["refcount_ops"] += 1
 
     # ---- validation (raises before any state changes) -------------------------------------------
 
@@ -363,12 +459,14 @@ class ReferenceState:
         head = compound_head(page)
         assert head._count > 0  # VM_BUG_ON_PAGE(atomic_read(&page->_count) <= 0)
         head._count += 1
+        self.atomics["refcount_ops"] += 1
 
     def put_page(self, page: Page) -> None:
         """Mirror of v5 `mm/swap.c:put_page()`: the head's reference; the last one frees."""
         head = compound_head(page)
         assert head._count > 0
-        head._count -= 1
+        head._count -= 1  # put_page_testzero()
+        self.atomics["refcount_ops"] += 1
         if head._count == 0:
             if PageHead(head):
                 self._free_compound_page(head)
@@ -387,6 +485,7 @@ class ReferenceState:
         """Mirror of `mm/page_alloc.c:__free_pages_ok()` of a THP: 512 frames; leaves the deferred
         queue (v5 26/28 free_transhuge_page())."""
         assert compound_mapcount(head) == 0
+        assert not PageDoubleMap(head)  # v4.5: PG_double_map goes with the last compound mapping
         for page in head.block:
             assert page._mapcount == -1
             assert page is head or page._count == 0
@@ -401,7 +500,8 @@ class ReferenceState:
 
     def do_huge_pmd_anonymous_page(self, vma: VmAreaStruct, haddr: int) -> None:
         """Mirror of `mm/huge_memory.c:do_huge_pmd_anonymous_page()` + v5
-        `page_add_new_anon_rmap(page, vma, haddr, true)`: compound_mapcount 1 and the offset."""
+        `page_add_new_anon_rmap(page, vma, haddr, true)`: compound_mapcount 1 and the offset (v4.5
+        `page_add_new_anon_rmap()`: compound_mapcount 1 only)."""
         b = self._alloc_block()
         pages = [self._new_page(b * N + i) for i in range(N)]
         head = pages[0]
@@ -412,9 +512,12 @@ class ReferenceState:
         for tail in pages[1:]:
             tail.flags = 1 << PG_tail
             tail.mapping = TAIL_MAPPING
-        for page in pages:
-            page._mapcount = 0  # the v5 offset
-        pages[1]._compound_mapcount = 0
+        if not self.v45:  # v4.5 page_add_new_anon_rmap(compound): subpage _mapcount stays -1
+            for page in pages:
+                page._mapcount = 0  # the v5 offset
+                self.atomics["mapcount_writes"] += 1
+        pages[1]._compound_mapcount = 0  # atomic_set(compound_mapcount_ptr(page), 0)
+        self.atomics["mapcount_writes"] += 1
         vma.vm_mm.pmd[haddr] = ((head.pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT | _PAGE_PSE | _PAGE_RW
                                 | _PAGE_ACCESSED | _PAGE_DIRTY)
         self.vm_events["thp_fault_alloc"] += 1
@@ -424,7 +527,8 @@ class ReferenceState:
         page = self._new_page(b * N + ((address >> PAGE_SHIFT) & (N - 1)))
         page.flags = ANON_FAULT_FLAGS
         page._count = 1
-        page._mapcount = 0
+        page._mapcount = 0  # page_add_new_anon_rmap(): atomic_set(&page->_mapcount, 0)
+        self.atomics["mapcount_writes"] += 1
         page.mapping = vma.anon_vma.id
         page.index = address >> PAGE_SHIFT
         haddr = address & HPAGE_PMD_MASK
@@ -445,21 +549,33 @@ class ReferenceState:
 
     def page_remove_rmap(self, page: Page, compound: bool) -> None:
         """Mirror of v5 `mm/rmap.c:page_remove_rmap()`: dropping the last PMD mapping drops the
-        offset; any subpage whose ``_mapcount`` goes negative queues the THP."""
+        offset; any subpage whose ``_mapcount`` goes negative queues the THP. v4.5: the compound case
+        is `page_remove_anon_compound_rmap()`."""
         if compound:
             assert PageHead(page)
-            page.block[1]._compound_mapcount -= 1
-            if page.block[1]._compound_mapcount >= 0:  # !atomic_add_negative()
+            if self._compound_mapcount_add(page, -1) >= 0:  # !atomic_add_negative()
+                return
+            if self.v45:
+                # v4.5 page_remove_anon_compound_rmap(): the subpages carry a +1 only under
+                # PG_double_map; nr counts those that are left unmapped.
+                if TestClearPageDoubleMap(page):
+                    nr = 0
+                    for i in range(N):  # atomic_add_negative(-1, &page[i]._mapcount)
+                        if self._mapcount_add(page.block[i], -1) < 0:
+                            nr += 1
+                else:
+                    nr = N
+                if nr:
+                    self.deferred_split_huge_page(page)
                 return
             queue = False
             for i in range(N):
-                page.block[i]._mapcount -= 1
-                queue |= page.block[i]._mapcount < 0
+                queue |= self._mapcount_add(page.block[i], -1) < 0
             if queue:
                 self.deferred_split_huge_page(page)
             return
-        page._mapcount -= 1
-        if page._mapcount >= 0:
+        # v4.5 page_remove_rmap(page, false): the same test and the same queueing
+        if self._mapcount_add(page, -1) >= 0:
             return
         assert page._mapcount == -1
         if PageTransCompound(page):
@@ -472,7 +588,7 @@ class ReferenceState:
         orig_pmd = vma.vm_mm.pmd.pop(haddr)  # pmdp_get_and_clear_full()
         page = self.pages[pte_pfn(orig_pmd)]
         self.page_remove_rmap(page, True)
-        assert page_mapcount(page) >= 0
+        assert self.page_mapcount(page) >= 0
         assert PageHead(page)
         self.put_page(page)  # tlb_remove_page()
 
@@ -483,7 +599,7 @@ class ReferenceState:
         assert pte_present(ptent)  # migration entries live only inside split_huge_page
         page = self.pages[pte_pfn(ptent)]
         self.page_remove_rmap(page, False)
-        assert page_mapcount(page) >= 0  # print_bad_pte()
+        assert self.page_mapcount(page) >= 0  # print_bad_pte()
         self.put_page(page)  # __tlb_remove_page()
 
     def zap_pmd_range(self, vma: VmAreaStruct, addr: int, end: int) -> None:
@@ -526,7 +642,10 @@ class ReferenceState:
         self.vm_events["thp_split_pmd"] += 1
         page = self.pages[pte_pfn(pmd)]
         assert page_count(page)
-        page._count += N - 1
+        self._count_add(page, N - 1)  # atomic_add(HPAGE_PMD_NR - 1, &page->_count)
+        if self.v45:
+            self._split_huge_pmd_locked_v45(vma, haddr, freeze, page)
+            return
         write, young = pte_write(pmd), pte_young(pmd)
         self.costs["tlb_flush"] += 1  # pmdp_clear_flush_notify(): pmd empty until ptes are filled
         table: dict[int, int] = {}  # pgtable_trans_huge_withdraw()
@@ -544,12 +663,54 @@ class ReferenceState:
             assert address not in table  # BUG_ON(!pte_none(*pte))
             table[address] = entry
             self.costs["pte_write"] += 1
-            page.block[i]._mapcount += 1
-        page.block[1]._compound_mapcount -= 1
-        if page.block[1]._compound_mapcount < 0:  # atomic_add_negative(): last PMD mapping
+            self._mapcount_add(page.block[i], 1)
+        if self._compound_mapcount_add(page, -1) < 0:  # atomic_add_negative(): last PMD mapping
             for i in range(N):  # the offset becomes the PTE mapping
-                page.block[i]._mapcount -= 1
+                self._mapcount_add(page.block[i], -1)
         mm.pmd[haddr] = table  # pmd_populate()
+
+    def _split_huge_pmd_locked_v45(self, vma: VmAreaStruct, haddr: int, freeze: bool,
+                                   page: Page) -> None:
+        """Mirror of v4.5 `mm/huge_memory.c:__split_huge_pmd_locked()` after its
+        ``atomic_add(HPAGE_PMD_NR - 1, &page->_count)``."""
+        mm = vma.vm_mm
+        pmd = mm.pmd[haddr]
+        # v4.5: write, young and dirty read from the PMD; dirty goes to PG_dirty, not to the PTEs
+        write, young, dirty = pte_write(pmd), pte_young(pmd), bool(pmd & _PAGE_DIRTY)
+        table: dict[int, int] = {}  # pgtable_trans_huge_withdraw() + pmd_populate(mm, &_pmd, ...)
+        for i in range(N):
+            if freeze:
+                entry = make_migration_entry(page.pfn + i, write)
+            else:
+                # v4.5: mk_pte(), maybe_mkwrite(), pte_wrprotect() unless write, pte_mkold() unless
+                # young: no pte_mkdirty() (MADV_FREE keeps the dirtiness in PG_dirty instead)
+                entry = maybe_mkwrite(mk_pte(page.pfn + i), vma)
+                if not write:
+                    entry = pte_wrprotect(entry)
+                if not young:
+                    entry = pte_mkold(entry)
+            if dirty:
+                SetPageDirty(page.block[i])  # v4.5: SetPageDirty(page + i), PF_HEAD: the head's bit
+            address = haddr + i * PAGE_SIZE
+            assert address not in table  # BUG_ON(!pte_none(*pte))
+            table[address] = entry
+            self.costs["pte_write"] += 1
+            self._mapcount_add(page.block[i], 1)  # v4.5: atomic_inc(&page[i]._mapcount)
+        # v4.5: "Set PG_double_map before dropping compound_mapcount to avoid false-negative
+        # page_mapped()"
+        if compound_mapcount(page) > 1 and not TestSetPageDoubleMap(page):
+            for i in range(N):
+                self._mapcount_add(page.block[i], 1)
+        if self._compound_mapcount_add(page, -1) < 0:  # v4.5: last compound_mapcount is gone
+            if TestClearPageDoubleMap(page):  # v4.5: "No need in mapcount reference anymore"
+                for i in range(N):
+                    self._mapcount_add(page.block[i], -1)
+        self.costs["tlb_flush"] += 1  # v4.5 pmdp_invalidate() before pmd_populate()
+        mm.pmd[haddr] = table  # pmd_populate()
+        if freeze:  # v4.5: the migration entries hold neither a mapcount nor a reference
+            for i in range(N):
+                self.page_remove_rmap(page.block[i], False)
+                self.put_page(page.block[i])
 
     def split_huge_pmd(self, vma: VmAreaStruct, address: int) -> None:
         """Mirror of v5 `mm/huge_memory.c:__split_huge_pmd()` (behind the split_huge_pmd() macro)."""
@@ -607,7 +768,8 @@ class ReferenceState:
         src_page = self.pages[pte_pfn(pmd)]
         assert PageHead(src_page)
         self.get_page(src_page)
-        page_dup_rmap(src_page, True)
+        page_dup_rmap(src_page, True)  # the same in v4.5 copy_huge_pmd()
+        self.atomics["mapcount_writes"] += 1
         src_mm.pmd[haddr] = pte_wrprotect(pmd)  # pmdp_set_wrprotect()
         dst_mm.pmd[haddr] = pte_mkold(pte_wrprotect(pmd))
 
@@ -621,7 +783,8 @@ class ReferenceState:
         pte = pte_mkold(pte)
         page = self.pages[pte_pfn(pte)]  # vm_normal_page()
         self.get_page(page)
-        page_dup_rmap(page, False)
+        page_dup_rmap(page, False)  # the same in v4.5 copy_one_pte()
+        self.atomics["mapcount_writes"] += 1
         dst_pte[addr] = pte
 
     def copy_pte_range(self, dst_mm: MmStruct, src_mm: MmStruct, vma: VmAreaStruct, addr: int,
@@ -688,7 +851,10 @@ class ReferenceState:
     # ---- split_huge_page (v5 patch 25/28) -------------------------------------------------------
 
     def freeze_page_vma(self, vma: VmAreaStruct, page: Page, address: int) -> None:
-        """Mirror of `mm/huge_memory.c:freeze_page_vma()`."""
+        """Mirror of `mm/huge_memory.c:freeze_page_vma()` (v4.5: `_freeze_page_vma_v45()`)."""
+        if self.v45:
+            self._freeze_page_vma_v45(vma, page, address)
+            return
         mm = vma.vm_mm
         # pgd/pud are present for every VMA that was faulted in; the PMD lock is taken before the
         # pmd_present() test, so it is counted also for a none PMD.
@@ -715,17 +881,64 @@ class ReferenceState:
             pmd[vaddr] = swp_pte
             self.costs["pte_write"] += 1
 
+    def _freeze_page_vma_v45(self, vma: VmAreaStruct, page: Page, address: int) -> None:
+        """Mirror of v4.5 `mm/huge_memory.c:freeze_page_vma()`: only the VMA's part of the THP, from
+        ``address`` (``__vma_address()`` of the head) on; each PTE frozen drops its mapcount and
+        reference."""
+        mm = vma.vm_mm
+        head = page
+        haddr = address & HPAGE_PMD_MASK
+        off, nr = 0, N
+        if address < vma.vm_start:  # v4.5: "Skip pages which doesn't belong to the VMA"
+            off = (vma.vm_start - address) >> PAGE_SHIFT
+            page = head.block[off]  # page += off
+            nr -= off
+            address = vma.vm_start
+        # pgd/pud present (as in v5); v4.5 also takes pmd_lock() before the pmd_present() test.
+        self.costs["pmd_lock"] += 1
+        pmd = mm.pmd.get(haddr)
+        if pmd is None:
+            return
+        if pmd_trans_huge(pmd):
+            if self.pages[pte_pfn(pmd)] is page:  # v4.5: page == pmd_page(*pmd)
+                self._split_huge_pmd_locked(vma, haddr, True)
+            return
+        self.costs["pte_lock"] += 1  # pte_offset_map_lock()
+        for i in range(nr):  # v4.5: from the VMA's start (or the THP's) to the THP's end
+            vaddr = address + i * PAGE_SIZE
+            assert vaddr != haddr + HPAGE_PMD_SIZE  # page-table crossing: THPs are aligned here
+            sub = head.block[off + i]
+            pte = pmd.get(vaddr)
+            if pte is None or not pte_present(pte):
+                continue
+            if sub.pfn != pte_pfn(pte):
+                continue
+            self.costs["tlb_flush"] += 1  # ptep_clear_flush()
+            if pte & _PAGE_DIRTY:
+                SetPageDirty(sub)  # v4.5: if (pte_dirty(entry)) SetPageDirty(page)
+            swp_pte = make_migration_entry(sub.pfn, pte_write(pte))
+            if pte_soft_dirty(pte):
+                swp_pte |= _PAGE_SOFT_DIRTY  # pte_swp_mksoft_dirty()
+            pmd[vaddr] = swp_pte
+            self.costs["pte_write"] += 1
+            self.page_remove_rmap(sub, False)  # v4.5 freeze_page_vma()
+            self.put_page(sub)
+
     def freeze_page(self, anon_vma: AnonVma, page: Page) -> None:
-        """Mirror of `mm/huge_memory.c:freeze_page()`."""
+        """Mirror of `mm/huge_memory.c:freeze_page()` (v4.5: the same walk; freeze_page_vma() gets
+        ``__vma_address()`` unmasked)."""
         assert PageHead(page)
         pgoff = page_to_pgoff(page)
         for vma in anon_vma.interval_tree_foreach(pgoff, pgoff + N - 1):
-            haddr = _vma_address(page, vma) & HPAGE_PMD_MASK
+            address = _vma_address(page, vma)
             self.costs["mmu_notifier"] += 1  # mmu_notifier_invalidate_range_start/end
-            self.freeze_page_vma(vma, page, haddr)
+            self.freeze_page_vma(vma, page, address if self.v45 else address & HPAGE_PMD_MASK)
 
     def unfreeze_page_vma(self, vma: VmAreaStruct, page: Page, address: int) -> None:
-        """Mirror of `mm/huge_memory.c:unfreeze_page_vma()`."""
+        """Mirror of `mm/huge_memory.c:unfreeze_page_vma()` (v4.5: `_unfreeze_page_vma_v45()`)."""
+        if self.v45:
+            self._unfreeze_page_vma_v45(vma, page, address)
+            return
         pmd = vma.vm_mm.pmd.get(address & HPAGE_PMD_MASK)
         if not isinstance(pmd, dict):  # mm_find_pmd(): none or huge -> NULL
             return
@@ -741,9 +954,50 @@ class ReferenceState:
         pmd[address] = entry  # set_pte_at()
         self.costs["pte_write"] += 1
 
+    def _unfreeze_page_vma_v45(self, vma: VmAreaStruct, page: Page, address: int) -> None:
+        """Mirror of v4.5 `mm/huge_memory.c:unfreeze_page_vma()`: one PTE lock for the VMA's part of
+        the THP; each migration entry of the THP found there becomes a PTE again and takes back a
+        reference and a mapcount. ``maybe_mkwrite()`` reads this VMA's VM_WRITE also for entries
+        past ``vm_end`` (v4.5 does not stop at the VMA's end)."""
+        head = page
+        haddr = address & HPAGE_PMD_MASK
+        off, nr = 0, N
+        if address < vma.vm_start:  # v4.5: "Skip pages which doesn't belong to the VMA"
+            off = (vma.vm_start - address) >> PAGE_SHIFT
+            nr -= off
+            address = vma.vm_start
+        pmd = vma.vm_mm.pmd.get(haddr)
+        if not isinstance(pmd, dict):  # mm_find_pmd(): none or huge -> NULL
+            return
+        self.costs["pte_lock"] += 1  # pte_offset_map_lock()
+        for i in range(nr):
+            vaddr = address + i * PAGE_SIZE
+            assert vaddr != haddr + HPAGE_PMD_SIZE  # page-table crossing: THPs are aligned here
+            sub = head.block[off + i]
+            pte = pmd.get(vaddr)
+            if pte is None or pte_present(pte):  # !is_swap_pte()
+                continue
+            if not is_migration_entry(pte) or pte_pfn(pte) != sub.pfn:
+                continue
+            self.get_page(sub)  # v4.5 unfreeze_page_vma(): get_page(page)
+            self._mapcount_add(sub, 1)  # v4.5 page_add_anon_rmap(page, vma, address, false)
+            entry = pte_mkold(mk_pte(sub.pfn))
+            if PageDirty(sub):
+                entry |= _PAGE_DIRTY  # v4.5: if (PageDirty(page)) entry = pte_mkdirty(entry)
+            if pte_write(pte):  # is_write_migration_entry()
+                entry = maybe_mkwrite(entry, vma)
+            pmd[vaddr] = entry  # set_pte_at()
+            self.costs["pte_write"] += 1
+
     def unfreeze_page(self, anon_vma: AnonVma, page: Page) -> None:
-        """Mirror of `mm/huge_memory.c:unfreeze_page()`: one rmap walk per mapped subpage."""
+        """Mirror of `mm/huge_memory.c:unfreeze_page()`: one rmap walk per mapped subpage (v4.5: one
+        walk of ``[pgoff, pgoff + N - 1]``, one mmu-notifier range per VMA)."""
         pgoff = page_to_pgoff(page)
+        if self.v45:
+            for vma in anon_vma.interval_tree_foreach(pgoff, pgoff + N - 1):
+                self.costs["mmu_notifier"] += 1  # v4.5 unfreeze_page(): per VMA
+                self.unfreeze_page_vma(vma, page, _vma_address(page, vma))
+            return
         for i in range(N):
             subpage = page.block[i]
             if not page_mapcount(subpage):
@@ -761,32 +1015,42 @@ class ReferenceState:
         page_tail.flags |= 1 << PG_lru
 
     def _split_huge_page_tail(self, head: Page, tail: int) -> int:
-        """Mirror of `mm/huge_memory.c:__split_huge_page_tail()`."""
+        """Mirror of `mm/huge_memory.c:__split_huge_page_tail()` (v4.5: its own, below)."""
         page_tail = head.block[tail]
-        mapcount = page_mapcount(page_tail)
-        assert page_tail._count == 0
-        page_tail._count += page_mapcount(page_tail) + 1
-        page_tail.flags &= 1 << PG_hwpoison  # &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON
-        page_tail.flags |= head.flags & TAIL_COPY_FLAGS
-        page_tail.flags |= 1 << PG_dirty
-        # ->mapping in first tail page is compound_mapcount (vmstate keeps it apart)
-        assert tail == 1 or page_tail.mapping == TAIL_MAPPING
+        if self.v45:
+            # v4.5: mapcount = atomic_read(&page_tail->_mapcount) + 1 (0 after the freeze)
+            mapcount = page_tail._mapcount + 1
+            assert page_tail._count == 0  # VM_BUG_ON_PAGE(atomic_read(&page_tail->_count) != 0)
+            self._count_add(page_tail, mapcount + 1)  # v4.5: atomic_add(mapcount + 1, ...)
+            page_tail.flags = 0  # v4.5: &= ~PAGE_FLAGS_CHECK_AT_PREP (also PG_double_map)
+            page_tail.flags |= head.flags & TAIL_COPY_FLAGS_V45  # v4.5: PG_dirty copied
+            # v4.5: VM_BUG_ON_PAGE(tail > 2 && page_tail->mapping != TAIL_MAPPING)
+            assert tail <= 2 or page_tail.mapping == TAIL_MAPPING
+        else:
+            mapcount = page_mapcount(page_tail)
+            assert page_tail._count == 0
+            self._count_add(page_tail, page_mapcount(page_tail) + 1)
+            page_tail.flags &= 1 << PG_hwpoison  # &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON
+            page_tail.flags |= head.flags & TAIL_COPY_FLAGS
+            page_tail.flags |= 1 << PG_dirty
+            # ->mapping in first tail page is compound_mapcount (vmstate keeps it apart)
+            assert tail == 1 or page_tail.mapping == TAIL_MAPPING
         page_tail.mapping = head.mapping
         page_tail.index = head.index + tail
         self.lru_add_page_tail(head, page_tail)
         return mapcount
 
     def _split_huge_page(self, page: Page) -> None:
-        """Mirror of `mm/huge_memory.c:__split_huge_page()`."""
+        """Mirror of `mm/huge_memory.c:__split_huge_page()` (the same steps in v4.5)."""
         head = compound_head(page)
         self.costs["lru_lock"] += 1  # spin_lock_irq(&zone->lru_lock)
         tail_mapcount = 0
         for i in range(N - 1, 0, -1):
             tail_mapcount += self._split_huge_page_tail(head, i)
-        head._count -= tail_mapcount
+        self._count_add(head, -tail_mapcount)  # atomic_sub(tail_mapcount, &head->_count)
         head.flags &= ~(1 << PG_head)  # ClearPageCompound()
         head.block[1]._compound_mapcount = -1
-        head.deferred = False  # v5 26/28: list_del(page_deferred_list(head))
+        head.deferred = False  # v5 26/28: list_del(page_deferred_list(head)) (v4.5: done already)
         self.unfreeze_page(self.anon_vmas[head.mapping], head)  # page_anon_vma(head)
         for i in range(N):
             subpage = head.block[i]
@@ -797,17 +1061,18 @@ class ReferenceState:
 
     def page_get_anon_vma(self, page: Page) -> AnonVma | None:
         """Mirror of `mm/rmap.c:page_get_anon_vma()`: NULL unless anon and page_mapped() (for a THP:
-        total_mapcount() != 0, docs/semantics.md)."""
+        total_mapcount() != 0, docs/semantics.md; v4.5 page_mapped() gives the same)."""
         if not PageAnon(page):
             return None
-        if not total_mapcount(page):
+        if not (page_mapped(page) if self.v45 else total_mapcount(page)):
             return None
         return self.anon_vmas[page.mapping]
 
     def split_huge_page_to_list(self, head_pfn: int, pin_at: int = RACE_NONE,
                                 unpin_at: int = RACE_NONE) -> tuple[int, int]:
-        """Mirror of `mm/huge_memory.c:split_huge_page_to_list(page, NULL)` (v5 patch 25/28). The
-        caller holds a reference and the page lock. Returns (0 or -EBUSY, SPLIT_* reason).
+        """Mirror of `mm/huge_memory.c:split_huge_page_to_list(page, NULL)` (v5 patch 25/28; v4.5:
+        the recheck is ``!mapcount && count == 1``). The caller holds a reference and the page lock.
+        Returns (0 or -EBUSY, SPLIT_* reason).
         ``pin_at``/``unpin_at``: where another CPU's GUP reference on the head arrives and leaves."""
         page = self.pages[head_pfn]
         head = compound_head(page)
@@ -818,27 +1083,47 @@ class ReferenceState:
         else:
             self.costs["anon_vma_lock"] += 1  # anon_vma_lock_write()
             # Racy check if we can split the page, before freeze_page() will split PMDs
-            if total_mapcount(head) != page_count(head) - 1:
+            if self.total_mapcount(head) != page_count(head) - 1:
                 ret, reason = -EBUSY, SPLIT_FAIL_PRECHECK
             else:
                 self._race(RACE_AFTER_PRECHECK, pin_at, unpin_at, head)
                 self.freeze_page(anon_vma, head)
                 self._race(RACE_AFTER_FREEZE, pin_at, unpin_at, head)
                 assert compound_mapcount(head) == 0  # VM_BUG_ON_PAGE
-                mapcount, count = total_mapcount(head), page_count(head)
-                if mapcount == count - 1:
-                    self._split_huge_page(page)
-                    ret, reason = 0, SPLIT_OK
-                elif mapcount > count - 1:  # the kernel's BUG(): report the values tested
-                    raise CorruptState(f"pfn {head.pfn:#x}: total_mapcount: {mapcount}, "
-                                       f"page_count(): {count}", pfn=head.pfn,
-                                       rule="split_huge_page_to_list: total_mapcount <= "
-                                            "page_count - 1 after freeze_page")
+                if self.v45:
+                    ret, reason = self._recheck_v45(anon_vma, page, head)
                 else:
-                    self.unfreeze_page(anon_vma, head)
-                    ret, reason = -EBUSY, SPLIT_FAIL_RECHECK
+                    mapcount, count = total_mapcount(head), page_count(head)
+                    if mapcount == count - 1:
+                        self._split_huge_page(page)
+                        ret, reason = 0, SPLIT_OK
+                    elif mapcount > count - 1:  # the kernel's BUG(): report the values tested
+                        raise CorruptState(f"pfn {head.pfn:#x}: total_mapcount: {mapcount}, "
+                                           f"page_count(): {count}", pfn=head.pfn,
+                                           rule="split_huge_page_to_list: total_mapcount <= "
+                                                "page_count - 1 after freeze_page")
+                    else:
+                        self.unfreeze_page(anon_vma, head)
+                        ret, reason = -EBUSY, SPLIT_FAIL_RECHECK
         self.vm_events["thp_split_page" if ret == 0 else "thp_split_page_failed"] += 1
         return ret, reason
+
+    def _recheck_v45(self, anon_vma: AnonVma, page: Page, head: Page) -> tuple[int, int]:
+        """The recheck of v4.5 `split_huge_page_to_list()`, under split_queue_lock: the freeze left
+        no mapping, so only the caller's reference may remain."""
+        count = page_count(head)
+        mapcount = total_mapcount(head, "v4.5")
+        if not mapcount and count == 1:
+            head.deferred = False  # v4.5: list_del(page_deferred_list(head)) under the lock
+            self._split_huge_page(page)
+            return 0, SPLIT_OK
+        if mapcount:  # v4.5: IS_ENABLED(CONFIG_DEBUG_VM) && mapcount -> BUG() with the values read
+            raise CorruptState(f"pfn {head.pfn:#x}: total_mapcount: {mapcount}, "
+                               f"page_count(): {count}", pfn=head.pfn,
+                               rule="split_huge_page_to_list: total_mapcount == 0 after "
+                                    "freeze_page")
+        self.unfreeze_page(anon_vma, head)  # v4.5: a pin: unfreeze, -EBUSY
+        return -EBUSY, SPLIT_FAIL_RECHECK
 
     def _race(self, point: int, pin_at: int, unpin_at: int, head: Page) -> None:
         """A racing get_user_pages() reference on the head arriving / leaving at ``point``."""

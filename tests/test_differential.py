@@ -5,7 +5,7 @@ compares the whole state (page frames, compound mapcounts, deferred queue, PMD a
 vm events, cost counters) and the split result codes, and runs the engine's validators. Bad input
 must be refused by both, leaving both states untouched.
 
-How many programs: ``VMSTATE_FUZZ_EXAMPLES`` (default 500) and steps per program
+How many programs: ``VMSTATE_FUZZ_EXAMPLES`` (default 500 on v5, 300 on v4.5) and steps per program
 ``VMSTATE_FUZZ_STEPS`` (default 25). For an hour of fuzzing see the README.
 """
 import os
@@ -45,10 +45,12 @@ def addr_of(s, off):
 
 
 class Differential(RuleBasedStateMachine):
+    variant = "v5"
+
     def __init__(self):
         super().__init__()
-        self.engine = MemoryState()
-        self.ref = ReferenceState()
+        self.engine = MemoryState(self.variant)
+        self.ref = ReferenceState(self.variant)
         self.alive = []   # live process names
         self.used = set()
         self.pins = []    # (mm, addr, len) of pins taken and not released
@@ -194,11 +196,18 @@ class Differential(RuleBasedStateMachine):
         self.engine.validate()
 
 
-Differential.TestCase.settings = settings(
-    max_examples=int(os.environ.get("VMSTATE_FUZZ_EXAMPLES", "500")),
-    stateful_step_count=int(os.environ.get("VMSTATE_FUZZ_STEPS", "25")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                           HealthCheck.data_too_large],
-)
+class DifferentialV45(Differential):
+    """The same programs on mainline 4.5's arithmetic (issue 7)."""
+    variant = "v4.5"
+
+
+for machine, default in ((Differential, "500"), (DifferentialV45, "300")):
+    machine.TestCase.settings = settings(
+        max_examples=int(os.environ.get("VMSTATE_FUZZ_EXAMPLES", default)),
+        stateful_step_count=int(os.environ.get("VMSTATE_FUZZ_STEPS", "25")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                               HealthCheck.data_too_large],
+    )
 TestDifferential = Differential.TestCase
+TestDifferentialV45 = DifferentialV45.TestCase

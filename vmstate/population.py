@@ -38,7 +38,7 @@ import numpy as np
 from kernels.constants import (
     ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH,
     EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PMD, HPAGE_PMD_NR,
-    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_double_map, PG_head, PG_tail, PTE_PFN_SHIFT, V4_5,
+    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_dirty, PG_double_map, PG_head, PG_tail, PTE_PFN_SHIFT, V4_5,
     VM_ANON_DEFAULT,
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
@@ -226,12 +226,18 @@ def build_population(state, pop: Population, seed: int):
         state.anon_vmas[-1].append(vma)
 
     # Page tables. copy_huge_pmd write-protected the parent's shared PMDs and made the child's old.
-    young_parent = _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY
+    # Split PMDs' PTEs: v5 makes them dirty; 4.5 leaves them clean and sets the head's PG_dirty.
+    dirty = _PAGE_DIRTY if state.variant != V4_5 else 0
+    if state.variant == V4_5:
+        blocks["flags"][:, 0] |= np.where(d.pte | d.partial, 1 << PG_dirty, 0).astype(np.uint32)
+    young_parent = _PAGE_PRESENT | _PAGE_ACCESSED | dirty
     write = np.where(m == 1, _PAGE_RW, 0)
-    _add_entries(state, parent, haddr, heads, young_parent | write, d.pte | d.partial,
+    _add_entries(state, parent, haddr, heads, young_parent | write,
+                 _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY | write, d.pte | d.partial,
                  zap=(d.partial, d.offset, k))
     for c in children:
-        _add_entries(state, c, haddr[:s], heads[:s], _PAGE_PRESENT | _PAGE_DIRTY, d.pte[:s])
+        _add_entries(state, c, haddr[:s], heads[:s], _PAGE_PRESENT | dirty,
+                     _PAGE_PRESENT | _PAGE_DIRTY, d.pte[:s])
 
     splits = int((d.pte * m).sum() + (d.partial & ~d.pte).sum())
     state.events[EV_THP_FAULT_ALLOC] += n
@@ -247,16 +253,17 @@ def build_population(state, pop: Population, seed: int):
     return state
 
 
-def _add_entries(state, mm, haddr, heads, bits, split, zap=None):
-    """PMD entries of ``mm`` for THPs at ``haddr``: huge where not ``split``, else a PTE table with
-    the PTEs ``__split_huge_pmd_locked`` writes (``bits`` | pfn; dirty, young and write as given)."""
+def _add_entries(state, mm, haddr, heads, bits, huge_bits, split, zap=None):
+    """PMD entries of ``mm`` for THPs at ``haddr``: huge (``huge_bits``) where not ``split``, else a
+    PTE table with the PTEs ``__split_huge_pmd_locked`` writes (``bits`` | pfn)."""
     n = len(haddr)
     r0 = state.pmds.append(n, zero=False)
     rows = state.pmds.a[r0:]
     rows["mm"] = mm.id
     rows["haddr"] = haddr
     bits = np.broadcast_to(np.asarray(bits, np.uint64), (n,))
-    huge = (heads.astype(np.uint64) << np.uint64(PTE_PFN_SHIFT)) | bits | np.uint64(_PAGE_PSE)
+    hb = np.broadcast_to(np.asarray(huge_bits, np.uint64), (n,))
+    huge = (heads.astype(np.uint64) << np.uint64(PTE_PFN_SHIFT)) | hb | np.uint64(_PAGE_PSE)
     rows["pmd"] = np.where(split, np.uint64(_PAGE_PRESENT), huge)
     # Every PMD mapping has its PTE table: the deposited one under a huge PMD, the one
     # split_huge_pmd filled (and the zap emptied in part) under a split one.
