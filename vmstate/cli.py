@@ -1,4 +1,6 @@
-"""``vmstate run SCENARIO [--out DIR] [--json] [--validate]`` (the contract in ``SCENARIOS.md``).
+"""``vmstate run SCENARIO [--out DIR [--kpage]] [--json] [--validate]`` (the contract in
+``SCENARIOS.md``), ``vmstate sweep SWEEP --out DIR`` (:mod:`vmstate.sweep`) and ``vmstate plot DIR``
+(:mod:`vmstate.plot`).
 
 Exit status: 0 the scenario ran (failed splits are outcomes, not errors), 2 bad input (one line on
 stderr), 3 the state was found corrupt (the kernel's BUG() path). Only a run that succeeded writes, and
@@ -6,6 +8,7 @@ every file reaches its final name complete or not at all.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from kernels.constants import VARIANTS
+from vmstate import cli_kernel
 from vmstate.errors import BadInput, CorruptState
+from vmstate.kformat import KPAGECOUNT, KPAGEFLAGS, kpage_arrays, write_u64
 from vmstate.runner import RunResult, run_scenario
 from vmstate.scenario import load_scenario
 
@@ -21,28 +27,76 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_CORRUPT = 0, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)  # argparse itself exits 2 on a bad argument
+    parser = _parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 on a bad argument
+    if args.command == "run" and args.kpage and args.out is None:
+        parser.error("--kpage writes into --out DIR: give --out")
     try:
-        scenario = load_scenario(args.scenario)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "plot":
+            return _plot(args)
+        if args.command in cli_kernel.COMMANDS:  # capture, kernel-run, diff
+            return cli_kernel.main(args)
+        scenario = load_scenario(args.scenario, external_processes=args.from_capture is not None)
+        if args.variant is not None:  # --variant overrides the file's [scenario] variant
+            scenario = dataclasses.replace(scenario, variant=args.variant)
         if args.out is not None:
             _check_out(args.out)
-        result = run_scenario(scenario, validate=args.validate)
+        result = run_scenario(scenario, validate=args.validate,
+                              initial_state=cli_kernel.initial_state(args, scenario))
         if args.out is not None:
-            write_outputs(result, args.out)
+            write_outputs(result, args.out, kpage=args.kpage)
     except BadInput as e:
         print(f"vmstate: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except CorruptState as e:
-        print(f"vmstate: BUG: corrupt state: {e}", file=sys.stderr)
-        if e.rule is not None:
-            print(f"vmstate:   rule: {e.rule}", file=sys.stderr)
-        if e.pfn is not None:
-            print(f"vmstate:   pfn: {e.pfn:#x}", file=sys.stderr)
+        _report_corrupt(e)
         return EXIT_CORRUPT
     if args.json:
         print(json.dumps(result.summary, indent=2))
     else:
         print(human_summary(result.summary, args.out))
+    return EXIT_OK
+
+
+def _report_corrupt(e: CorruptState):
+    print(f"vmstate: BUG: corrupt state: {e}", file=sys.stderr)
+    if e.rule is not None:
+        print(f"vmstate:   rule: {e.rule}", file=sys.stderr)
+    if e.pfn is not None:
+        print(f"vmstate:   pfn: {e.pfn:#x}", file=sys.stderr)
+
+
+def _sweep(args) -> int:
+    """``vmstate sweep``: exit 0 every run is done, 2 bad input (the sweep file, DIR, or a run the
+    engine refused), 3 a run found corrupt state, 130 interrupted (run the command again to go on)."""
+    from vmstate.sweep import load_sweep, run_sweep
+    sweep = load_sweep(args.sweep)
+    if args.out.exists() and not args.out.is_dir():
+        raise BadInput(f"--out {args.out}: not a directory (ENOTDIR)", field="out")
+    report = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler,
+                       progress=args.progress)
+    for key, shard, e in report.errors:
+        print(f"vmstate: error: run {key} shard {shard}: {type(e).__name__}: {e}", file=sys.stderr)
+    state = "interrupted" if report.interrupted else "done"
+    print(f"sweep {sweep.name} {state}: {report.runs} runs in {report.shards} shard(s): "
+          f"{report.skipped} done before, {report.done} now, {len(report.errors)} failed, "
+          f"{report.shards - report.skipped - report.done - len(report.errors)} left; "
+          f"{report.seconds:.1f} s; wrote {args.out / 'runs.parquet'}")
+    if report.interrupted:
+        print("vmstate: interrupted: run the same command again to finish the sweep",
+              file=sys.stderr)
+        return 130
+    if any(isinstance(e, CorruptState) for _, _, e in report.errors):
+        return EXIT_CORRUPT
+    return EXIT_BAD_INPUT if report.errors else EXIT_OK
+
+
+def _plot(args) -> int:
+    from vmstate.plot import DEFAULT_METRICS, plot_sweep
+    for path in plot_sweep(args.dir, out=args.out, metrics=args.y or DEFAULT_METRICS):
+        print(path)
     return EXIT_OK
 
 
@@ -60,11 +114,66 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
     run.add_argument("--validate", action="store_true",
                      help="check every invariant after every op (slow; a debug switch)")
+    run.add_argument("--variant", choices=list(VARIANTS),
+                     help="refcounting design: v5 (the patch series, default) or v4.5 (mainline); "
+                          "overrides [scenario] variant")
+    run.add_argument("--kpage", action="store_true",
+                     help="with --out: also DIR/snapshots/<label>/{kpageflags,kpagecount}, the "
+                          "/proc/kpageflags and /proc/kpagecount binary formats (u64 per pfn)")
+
+    sweep = commands.add_parser(
+        "sweep", help="run a parameter sweep over populations",
+        description="Run every point x seed of a sweep file (TOML: [sweep], [population], [grid], "
+                    "[sample], [split]): generate the population, split every THP of 'parent'. "
+                    "Writes DIR/runs.parquet (a row per run) and DIR/thps/ (per-THP outcomes, "
+                    "hive-partitioned Parquet). Started again on the same DIR, it runs only what is "
+                    "not done yet.",
+        epilog="exit status: 0 every run done, 2 bad input, 3 corrupt state, 130 interrupted "
+               "(run the same command again to finish)")
+    sweep.add_argument("sweep", metavar="SWEEP", type=Path, help="sweep file (TOML)")
+    sweep.add_argument("--out", metavar="DIR", type=Path, required=True,
+                       help="the sweep's dataset directory (created; resumed when it exists)")
+    where = sweep.add_mutually_exclusive_group()
+    where.add_argument("--workers", metavar="N", type=_workers,
+                       help="local worker processes (default: as many as CPUs and memory allow; "
+                            "0: run in this process)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on a Dask distributed cluster (e.g. tcp://10.0.0.1:8786); needs "
+                            "the 'cluster' extra: pip install 'vmstate[cluster]'")
+    sweep.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                       help="a progress bar (terminal), a log line per shard, or nothing "
+                            "(default: auto, a bar on a terminal)")
+
+    plot = commands.add_parser(
+        "plot", help="draw a sweep's charts (PNG)",
+        description="Draw DIR/runs.parquet: for each swept key, the split failure rate and the µs "
+                    "per THP split against it, one line per value of another swept key.")
+    plot.add_argument("dir", metavar="DIR", type=Path, help="a directory written by vmstate sweep")
+    plot.add_argument("--out", metavar="PLOTDIR", type=Path,
+                      help="where to write the PNGs (default DIR/plots)")
+    plot.add_argument("--y", metavar="COLUMN", action="append",
+                      help="a runs.parquet column to plot (repeat for more; default failure_rate "
+                           "and us_per_thp_split)")
+    cli_kernel.add_run_options(run)
+    cli_kernel.add_parsers(commands)
     return parser
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return n
+
+
 def human_summary(summary: dict, out: Path | None) -> str:
-    lines = [f"scenario {summary['scenario']}", "vm_events:"]
+    lines = [f"scenario {summary['scenario']}"]
+    if "from_capture" in summary:
+        lines += cli_kernel.capture_lines(summary["from_capture"])
+    lines.append("vm_events:")
     lines += [f"  {k:<28}{v:>12}" for k, v in summary["vm_events"].items()]
     lines.append("costs:")
     lines += [f"  {k:<28}{v:>12}" for k, v in summary["costs"].items()]
@@ -99,9 +208,10 @@ def _check_out(out: Path):
         raise BadInput(f"--out {out}: {probe} is not writable (EACCES)", field="out")
 
 
-def write_outputs(result: RunResult, out: Path):
+def write_outputs(result: RunResult, out: Path, *, kpage: bool = False):
     """Write the run's files under ``out``. A run killed half-way leaves at most a hidden
-    ``.tmp-*`` directory, never a partial file under a final name."""
+    ``.tmp-*`` directory, never a partial file under a final name. ``kpage``: each snapshot also as
+    ``kpageflags`` and ``kpagecount`` (:mod:`vmstate.kformat`)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out))
@@ -113,6 +223,10 @@ def write_outputs(result: RunResult, out: Path):
             for name, frame in (("pages.parquet", pages), ("pagemap.parquet", pagemap)):
                 files.append(Path("snapshots", label, name))
                 _write_synced(tmp / files[-1], frame.write_parquet)
+            if kpage:
+                for name, array in zip((KPAGEFLAGS, KPAGECOUNT), kpage_arrays(pages)):
+                    files.append(Path("snapshots", label, name))
+                    _write_synced(tmp / files[-1], lambda f, a=array: write_u64(f, a))
         data = (json.dumps(result.summary, indent=2) + "\n").encode()
         files.append(Path("summary.json"))  # last: its presence says the run's files are all there
         _write_synced(tmp / files[-1], lambda f: f.write(data))

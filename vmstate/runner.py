@@ -23,12 +23,17 @@ class RunResult:
     snapshots: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = field(default_factory=dict)
 
 
-def run_scenario(scenario: Scenario, *, validate: bool = False) -> RunResult:
+def run_scenario(scenario: Scenario, *, validate: bool = False,
+                 initial_state: MemoryState | None = None) -> RunResult:
     """Apply ``scenario.ops`` in order. A BadInput or CorruptState from the engine comes back with the
     op's file, index and line in front of its message. ``validate`` runs ``MemoryState.validate()``
-    after every op (a debug switch: it walks the whole state)."""
+    after every op (a debug switch: it walks the whole state). ``initial_state``: start from this
+    state (``MemoryState.from_capture``) instead of an empty one or the ``[population]``."""
     _check_fits(scenario)
-    state = _initial_state(scenario, validate)
+    if initial_state is not None and scenario.population is not None:
+        raise BadInput(f"{where(scenario.path, table='population')}: a run that starts from a "
+                       f"capture cannot also generate a [population]", field="population")
+    state = initial_state if initial_state is not None else _initial_state(scenario, validate)
     splits, snapshots, summaries = [], {}, {}
     for op in scenario.ops:
         try:
@@ -52,6 +57,8 @@ def run_scenario(scenario: Scenario, *, validate: bool = False) -> RunResult:
                "costs": {k: int(v) for k, v in state.costs.items()},
                "splits": splits,
                "snapshots": summaries}
+    if getattr(state, "capture_report", None) is not None:
+        summary["from_capture"] = state.capture_report
     return RunResult(summary=summary, snapshots=snapshots)
 
 

@@ -109,15 +109,28 @@ def _show(value) -> str:
 # Reading the file
 
 
-def load_scenario(path) -> Scenario:
-    """Read and check a scenario file; raise BadInput for anything the contract does not allow."""
+def load_scenario(path, *, external_processes: bool = False) -> Scenario:
+    """Read and check a scenario file; raise BadInput for anything the contract does not allow.
+    ``external_processes``: the ops may name processes the file does not create (the run starts
+    from a loaded capture, ``vmstate run --from-capture``); only the engine can refuse those."""
     path = Path(path)
     text = _read_text(path)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BadInput(_toml_error(path, text, e)) from None
-    lines = _header_lines(text)
+    return parse_scenario(doc, path, _header_lines(text), external_processes=external_processes)
+
+
+def parse_scenario(doc: dict, path="<api>", lines: dict | None = None, *,
+                   external_processes: bool = False) -> Scenario:
+    """Check a scenario given as the TOML document's Python data (what :func:`load_scenario` does
+    after reading the file; ``vmstate.api.parse`` builds scenarios with it). ``lines``: the header
+    lines of ``_header_lines()``, when there is a text to count them in."""
+    path = Path(path)
+    lines = lines or {"scenario": None, "op": []}
+    if not isinstance(doc, dict):
+        _Ctx(str(path)).expected("scenario", "a dict (the TOML document)", doc)
     for key in doc:
         if key not in TOP_LEVEL:
             _Ctx(str(path)).fail(f"unknown top-level table or key '{key}' (expected "
@@ -126,7 +139,8 @@ def load_scenario(path) -> Scenario:
     population = doc.get("population")
     if population is not None and not isinstance(population, dict):
         _Ctx(str(path)).expected("population", "a table [population]", population)
-    ops = _check_ops(path, doc.get("op", []), lines["op"], population is not None)
+    ops = _check_ops(path, doc.get("op", []), lines["op"],
+                     population is not None or external_processes)
     return Scenario(name=name, seed=seed, path=path, ops=ops, population=population, variant=variant)
 
 

@@ -371,6 +371,14 @@ class MemoryState:
                            f"{have / 2**30:.1f} GiB is available (ENOMEM)", field="thps")
         return build_population(cls(variant), pop, seed)
 
+    @classmethod
+    def from_capture(cls, path, *, names: dict | None = None, variant: str = "v5") -> "MemoryState":
+        """A state rebuilt from a state dataset directory (``vmstate capture``, ``kernel-run`` or a
+        simulator snapshot; :mod:`vmstate.capture`), validated; ``state.capture_report`` says what
+        the dataset could not tell (pins). ``names`` renames processes (``{"1234": "parent"}``)."""
+        from vmstate.capture import build_from_capture
+        return build_from_capture(cls(variant), path, names=names)
+
 
 def available_memory() -> int:
     """MemAvailable from /proc/meminfo, in bytes (physical memory where it cannot be read)."""
