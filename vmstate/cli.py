@@ -11,13 +11,12 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from kernels.constants import VARIANTS
 from vmstate import cli_kernel
+from vmstate.dataset import PAGEMAP, PAGES, SUMMARY, json_writer, parquet_writer, write_tree
 from vmstate.errors import BadInput, CorruptState
 from vmstate.kformat import KPAGECOUNT, KPAGEFLAGS, kpage_arrays, write_u64
 from vmstate.runner import RunResult, run_scenario
@@ -209,52 +208,19 @@ def _check_out(out: Path):
 
 
 def write_outputs(result: RunResult, out: Path, *, kpage: bool = False):
-    """Write the run's files under ``out``. A run killed half-way leaves at most a hidden
-    ``.tmp-*`` directory, never a partial file under a final name. ``kpage``: each snapshot also as
-    ``kpageflags`` and ``kpagecount`` (:mod:`vmstate.kformat`)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out))
-    except OSError as e:
-        raise BadInput(f"--out {out}: cannot create the directory: {e.strerror}", field="out") from e
-    try:
-        files = []
-        for label, (pages, pagemap) in result.snapshots.items():
-            for name, frame in (("pages.parquet", pages), ("pagemap.parquet", pagemap)):
-                files.append(Path("snapshots", label, name))
-                _write_synced(tmp / files[-1], frame.write_parquet)
-            if kpage:
-                for name, array in zip((KPAGEFLAGS, KPAGECOUNT), kpage_arrays(pages)):
-                    files.append(Path("snapshots", label, name))
-                    _write_synced(tmp / files[-1], lambda f, a=array: write_u64(f, a))
-        data = (json.dumps(result.summary, indent=2) + "\n").encode()
-        files.append(Path("summary.json"))  # last: its presence says the run's files are all there
-        _write_synced(tmp / files[-1], lambda f: f.write(data))
-        for rel in files:
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / rel, out / rel)
-            _fsync_dir(out / rel.parent)
-    except OSError as e:
-        raise BadInput(f"--out {out}: cannot write {e.filename or ''}: {e.strerror}",
-                       field="out") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_synced(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write the run's files under ``out`` (:func:`vmstate.dataset.write_tree`): a run killed
+    half-way leaves at most a hidden ``.tmp-*`` directory, never a partial file under a final name.
+    ``kpage``: each snapshot also as ``kpageflags`` and ``kpagecount`` (:mod:`vmstate.kformat`)."""
+    files = []
+    for label, (pages, pagemap) in result.snapshots.items():
+        files.append((Path("snapshots", label, PAGES), parquet_writer(pages)))
+        files.append((Path("snapshots", label, PAGEMAP), parquet_writer(pagemap)))
+        if kpage:
+            for name, array in zip((KPAGEFLAGS, KPAGECOUNT), kpage_arrays(pages)):
+                files.append((Path("snapshots", label, name), lambda f, a=array: write_u64(f, a)))
+    # last: its presence says the run's files are all there
+    files.append((Path(SUMMARY), json_writer(result.summary)))
+    write_tree(out, files)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ class TreeWriter:
             for rel in self.files:
                 (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.tmp / rel, self.out / rel)
-                _fsync_dir(self.out / rel.parent)
+                fsync_dir(self.out / rel.parent)
         except OSError as e:
             raise BadInput(f"--out {self.out}: cannot write {e.filename or ''}: {e.strerror}",
                            field="out") from e
@@ -184,7 +184,7 @@ def write_tree(out, files: list[tuple[str, object]]):
     w.commit()
 
 
-def _fsync_dir(path: Path):
+def fsync_dir(path: Path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -69,6 +69,7 @@ import numpy as np
 import polars as pl
 
 from kernels.constants import COSTS, HPAGE_PMD_NR, PAGE_SHIFT, SPLIT_OK, VARIANTS, VM_EVENTS
+from vmstate.dataset import fsync_dir as _fsync_dir
 from vmstate.errors import BadInput, CorruptState
 from vmstate.population import _DEFAULTS, _FRACTIONS, parse_population, population_bytes
 
@@ -631,14 +632,6 @@ def _makedirs_synced(path: Path):
     _makedirs_synced(path.parent)
     path.mkdir(exist_ok=True)
     _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Lock:
