@@ -18,7 +18,6 @@ snapshots) and also keeps what the command line drops: every ``split`` op's per-
 from __future__ import annotations
 
 import os
-import time
 import tomllib
 from dataclasses import dataclass, field
 
@@ -27,10 +26,9 @@ import polars as pl
 
 from kernels.constants import COSTS, HPAGE_PMD_SIZE, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, \
     SPLIT_FAIL_RECHECK, SPLIT_OK, VM_EVENTS
-from vmstate import runner
-from vmstate.errors import BadInput, CorruptState
-from vmstate.export import pagemap_frame, pages_frame
-from vmstate.scenario import Scenario, load_scenario, parse_scenario, where
+from vmstate.errors import BadInput
+from vmstate.runner import run_scenario
+from vmstate.scenario import Scenario, load_scenario, parse_scenario
 from vmstate.split import SplitResult
 from vmstate.state import MemoryState
 
@@ -155,35 +153,5 @@ def run(scenario: Scenario | str | os.PathLike | dict, *, validate: bool = False
         scenario = parse(scenario)
     elif not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
-    runner._check_fits(scenario)
-    seconds = {}
-    t0 = time.perf_counter()
-    state = runner._initial_state(scenario, validate)
-    seconds["population"] = time.perf_counter() - t0
-    split_results, snapshots, splits, summaries = [], {}, [], {}
-    for op in scenario.ops:
-        t0 = time.perf_counter()
-        try:
-            if op.op == "snapshot":
-                label = op.fields["label"]
-                snapshots[label] = (pages_frame(state), pagemap_frame(state))
-                summaries[label] = {k: int(v) for k, v in state.snapshot_summary().items()}
-            elif op.op == "split":
-                res = runner._apply(state, op, scenario.seed)
-                split_results.append((op.index, op.fields["mm"], res))
-                splits.append({"op": op.index, "mm": op.fields["mm"], "attempted": int(res.attempted),
-                               "succeeded": int(res.succeeded), "failed": int(res.failed)})
-            else:
-                runner._apply(state, op)
-            seconds[f"op {op.index}"] = time.perf_counter() - t0
-            if validate:
-                state.validate()
-        except (BadInput, CorruptState, MemoryError) as e:
-            raise runner._with_context(e, where(scenario.path, op.index, op.line)) from e
-    summary = {"scenario": scenario.name,
-               "variant": scenario.variant,
-               "vm_events": {k: int(v) for k, v in state.vm_events.items()},
-               "costs": {k: int(v) for k, v in state.costs.items()},
-               "splits": splits,
-               "snapshots": summaries}
-    return Result(summary, split_results, snapshots, state, seconds)
+    r = run_scenario(scenario, validate=validate)
+    return Result(r.summary, r.split_results, r.snapshots, r.state, r.seconds)

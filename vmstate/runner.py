@@ -3,6 +3,7 @@ the contract's summary and snapshots need. Nothing here touches the file system.
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -18,9 +19,14 @@ from vmstate.state import MemoryState
 @dataclass
 class RunResult:
     """``summary`` is the contract's summary object (JSON-ready); ``snapshots`` maps each label to its
-    ``(pages, pagemap)`` frames."""
+    ``(pages, pagemap)`` frames; ``split_results`` the :class:`~vmstate.split.SplitResult` of each
+    split op as ``(op index, mm, result)``; ``state`` the final state; ``seconds`` wall time of the
+    initial state ("population") and of each op ("op <index>")."""
     summary: dict
     snapshots: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = field(default_factory=dict)
+    split_results: list = field(default_factory=list)
+    state: MemoryState | None = None
+    seconds: dict = field(default_factory=dict)
 
 
 def run_scenario(scenario: Scenario, *, validate: bool = False,
@@ -33,9 +39,12 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
     if initial_state is not None and scenario.population is not None:
         raise BadInput(f"{where(scenario.path, table='population')}: a run that starts from a "
                        f"capture cannot also generate a [population]", field="population")
+    t0 = time.perf_counter()
     state = initial_state if initial_state is not None else _initial_state(scenario, validate)
-    splits, snapshots, summaries = [], {}, {}
+    seconds = {"population": time.perf_counter() - t0}
+    splits, snapshots, summaries, split_results = [], {}, {}, []
     for op in scenario.ops:
+        t0 = time.perf_counter()
         try:
             if op.op == "snapshot":
                 label = op.fields["label"]
@@ -43,10 +52,12 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
                 summaries[label] = {k: int(v) for k, v in state.snapshot_summary().items()}
             elif op.op == "split":
                 res = _apply(state, op, scenario.seed)
+                split_results.append((op.index, op.fields["mm"], res))
                 splits.append({"op": op.index, "mm": op.fields["mm"], "attempted": int(res.attempted),
                                "succeeded": int(res.succeeded), "failed": int(res.failed)})
             else:
                 _apply(state, op)
+            seconds[f"op {op.index}"] = time.perf_counter() - t0
             if validate:
                 state.validate()
         except (BadInput, CorruptState, MemoryError) as e:
@@ -59,7 +70,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
                "snapshots": summaries}
     if getattr(state, "capture_report", None) is not None:
         summary["from_capture"] = state.capture_report
-    return RunResult(summary=summary, snapshots=snapshots)
+    return RunResult(summary, snapshots, split_results, state, seconds)
 
 
 def _check_fits(scenario: Scenario):
