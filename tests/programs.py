@@ -1,0 +1,189 @@
+"""Random operation programs for stateful tests: one ``RuleBasedStateMachine`` that drives two models
+with the same ops (mmap, fork, exit, munmap, madvise_dontneed, mprotect, pin, unpin, split_pmd,
+split with racing pins). Subclasses say which two models and what must hold after every step
+(``test_differential.py``: engine vs reference; ``test_variants.py``: v5 vs v4.5)."""
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, event, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from vmstate import BadInput
+from vmstate.split import Race
+
+BASE = 0x7F0000000000
+MB2 = 2 << 20
+PAGE = 4096
+NAMES = ["a", "b", "c", "d", "e", "f", "g", "h"]
+
+# Addresses and lengths that hit the interesting cases: aligned and unaligned 2 MiB edges, single
+# pages, whole and partial THPs, ranges over holes.
+slot = st.integers(0, 9)
+page_off = st.sampled_from([0, 0, 0, 0, 1, 17, 256, 511])
+length_pages = st.sampled_from([1, 2, 100, 256, 511, 512, 512, 513, 1024, 1024, 1100, 1536, 2048])
+
+# Pins that race the split (issue 5): none most of the time, else a pin arriving after the precheck
+# or after the freeze and leaving at a later point (or never).
+races = st.one_of(st.none(), st.none(), st.builds(
+    Race, pin=st.sampled_from(["after_precheck", "after_freeze"]),
+    unpin=st.sampled_from(["after_freeze", "after_split", "never"]),
+    fraction=st.sampled_from([0.5, 1.0]), seed=st.integers(0, 3)))
+
+
+def addr_of(s, off):
+    return BASE + s * MB2 + off * PAGE
+
+
+def held(model):
+    """The pins a model holds, as plain lists (the engine keeps numpy arrays)."""
+    return {k: [[int(x) for x in p] for p in v] for k, v in model.pins.items() if v}
+
+
+def split_rows(res):
+    """A split's results as ``[(head_pfn, ret, reason)]`` (the engine returns a SplitResult)."""
+    if res is None or isinstance(res, list):
+        return [tuple(r) for r in res or []]
+    return list(zip(res.heads.tolist(), res.ret.tolist(), res.reason.tolist()))
+
+
+def machine_settings(examples, steps):
+    return settings(max_examples=examples, stateful_step_count=steps, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                           HealthCheck.data_too_large])
+
+
+class Programs(RuleBasedStateMachine):
+    """Drives ``self.a`` and ``self.b`` (set by :meth:`models`) with the same random program."""
+
+    def models(self):
+        raise NotImplementedError
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = self.models()
+        self.alive = []   # live process names
+        self.used = set()
+        self.pins = []    # (mm, addr, len) of pins taken and not released
+
+    def both(self, op, *args):
+        """Run ``op`` on both models; both must succeed alike or both refuse it as bad input."""
+        errors, results = [], []
+        for model in (self.a, self.b):
+            try:
+                results.append(getattr(model, op)(*args))
+                errors.append(None)
+            except BadInput as e:
+                results.append(None)
+                errors.append(e)
+        assert (errors[0] is None) == (errors[1] is None), (
+            f"{op}{args}: {type(self.a).__name__} {errors[0]!r} vs "
+            f"{type(self.b).__name__} {errors[1]!r}")
+        event(f"{op}: {'ran' if errors[0] is None else 'bad input'}")
+        return errors[0] is None, results
+
+    def live_vma_range(self, data, name):
+        vmas = self.b.dump()["vmas"].get(name) or []
+        if not vmas:
+            return None
+        start, end, *_ = data.draw(st.sampled_from(vmas))
+        pages = (end - start) // PAGE
+        lo = data.draw(st.integers(0, pages - 1))
+        n = data.draw(st.integers(1, pages - lo))
+        return start + lo * PAGE, n * PAGE
+
+    def after_start(self, thps):
+        """Checks right after the first mmap (a hook)."""
+
+    @initialize(thps=st.integers(1, 4), off=st.sampled_from([0, 0, 1]))
+    def start(self, thps, off):
+        """Every program starts with a few PMD-mapped THPs in process "a", the common case."""
+        ok, _ = self.both("mmap", "a", BASE + off * MB2, thps * MB2, True)
+        assert ok
+        self.used.add("a")
+        self.alive.append("a")
+        self.after_start(thps)
+
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages, thp=st.booleans())
+    def mmap(self, data, s, off, n, thp):
+        fresh = [x for x in NAMES if x not in self.used]
+        # mostly a live process or a new one; sometimes any name (an exited one is bad input)
+        pool = st.sampled_from(self.alive + fresh[:1]) if self.alive or fresh else st.sampled_from(NAMES)
+        name = data.draw(st.one_of(pool, pool, st.sampled_from(NAMES)))
+        ok, _ = self.both("mmap", name, addr_of(s, off), n * PAGE, thp)
+        if ok and name not in self.used:
+            self.used.add(name)
+            self.alive.append(name)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), child=st.sampled_from(NAMES))
+    def fork(self, data, child):
+        ok, _ = self.both("fork", data.draw(st.sampled_from(self.alive)), child)
+        if ok:
+            self.used.add(child)
+            self.alive.append(child)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def exit(self, data):
+        name = data.draw(st.sampled_from(self.alive))
+        self.both("exit", name)
+        self.alive.remove(name)
+        self.pins = [p for p in self.pins if p[0] != name]
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages)
+    def munmap(self, data, s, off, n):
+        self.both("munmap", data.draw(st.sampled_from(self.alive)), addr_of(s, off), n * PAGE)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def madvise_dontneed(self, data):
+        name = data.draw(st.sampled_from(self.alive))
+        self.both("madvise_dontneed", name, *(self.live_vma_range(data, name) or (BASE, PAGE)))
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), prot=st.sampled_from(["r", "rw"]))
+    def mprotect(self, data, prot):
+        name = data.draw(st.sampled_from(self.alive))
+        self.both("mprotect", name, *(self.live_vma_range(data, name) or (BASE, PAGE)), prot)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def pin(self, data):
+        name = data.draw(st.sampled_from(self.alive))
+        rng = self.live_vma_range(data, name) or (BASE, PAGE)
+        ok, _ = self.both("pin", name, *rng)
+        if ok:
+            self.pins.append((name, *rng))
+
+    @precondition(lambda self: self.pins)
+    @rule(data=st.data())
+    def unpin(self, data):
+        p = data.draw(st.sampled_from(self.pins))
+        ok, _ = self.both("unpin", *p)
+        assert ok
+        self.pins.remove(p)
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), s=slot, off=page_off)
+    def split_pmd(self, data, s, off):
+        self.both("split_pmd", data.draw(st.sampled_from(self.alive)), addr_of(s, off))
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages, whole=st.booleans(), race=races)
+    def split(self, data, s, off, n, whole, race):
+        name = data.draw(st.sampled_from(self.alive))
+        rng = (BASE, 10 * MB2) if whole else (
+            self.live_vma_range(data, name) if data.draw(st.booleans()) else None)
+        before = set(held(self.a))
+        ok, (ra, rb) = self.both("split", name, *(rng or (addr_of(s, off), n * PAGE)), race)
+        # racing pins that never left are held like pins of the THP's first page
+        self.pins += [k for k in held(self.a) if k not in before]
+        assert split_rows(ra) == split_rows(rb)
+        assert held(self.a) == held(self.b)
+        for reason in sorted({r[2] for r in split_rows(ra)}):
+            event(f"split outcome {reason}")
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def split_all(self, data):
+        """split over every slot the programs use (a second rule: splits are what we test)."""
+        self.split(data, 0, 0, 1, True, None)
