@@ -30,6 +30,12 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vmstate._kworker import libc as load_libc  # noqa: E402  (the bindings kernel-run uses)
+from vmstate.kernel_run import prerequisites  # noqa: E402
+from vmstate.procfs import read_vmstat  # noqa: E402
 
 HPAGE = 2 << 20
 PAGE = 4096
@@ -40,8 +46,6 @@ MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 MAP_FAILED = ctypes.c_void_p(-1).value
 MADV_HUGEPAGE, MADV_COLD, MADV_PAGEOUT = 14, 20, 21
 
-THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
-VMSTAT = "/proc/vmstat"
 DEBUGFS = "/sys/kernel/debug"
 SPLIT_FILE = "split_huge_pages"
 FILL = 0x5A
@@ -51,55 +55,8 @@ _WATCHED = ("thp_split_page", "thp_split_pmd", "thp_split_page_failed", "thp_fau
             "pgsteal_kswapd", "thp_swpout", "pgdeactivate")
 
 
-def _libc():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.munmap.restype = ctypes.c_int
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.madvise.restype = ctypes.c_int
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.mount.restype = ctypes.c_int
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                           ctypes.c_void_p]
-    libc.umount2.restype = ctypes.c_int
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    return libc
-
-
-def _vmstat():
-    out = {}
-    with open(VMSTAT) as f:
-        for line in f:
-            k, _, v = line.partition(" ")
-            out[k] = int(v)
-    return out
-
-
 def _delta(before, after):
     return {k: after.get(k, 0) - before.get(k, 0) for k in _WATCHED if k in before or k in after}
-
-
-def _prerequisites():
-    if not sys.platform.startswith("linux"):
-        return f"not Linux ({sys.platform})"
-    if os.geteuid() != 0:
-        return "not root (euid %d)" % os.geteuid()
-    try:
-        with open(THP_ENABLED) as f:
-            mode = f.read()
-    except OSError as e:
-        return f"cannot read {THP_ENABLED}: {e}"
-    if "[never]" in mode:
-        return f"THP disabled ({THP_ENABLED}: {mode.strip()})"
-    try:
-        stat = _vmstat()
-    except OSError as e:
-        return f"cannot read {VMSTAT}: {e}"
-    if "thp_split_page" not in stat:
-        return f"{VMSTAT} has no thp_split_page counter (kernel without CONFIG_TRANSPARENT_HUGEPAGE?)"
-    return None
 
 
 def _range_smaps(start, end):
@@ -187,13 +144,13 @@ def _percentiles_us(sorted_s):
 
 
 def measure_kernel_split(thps: int = 256) -> dict:
-    why = _prerequisites()
+    why = prerequisites()
     if why:
         return {"available": False, "reason": why}
     if thps < 1:
         return {"available": False, "reason": f"thps must be >= 1, got {thps}"}
 
-    libc = _libc()
+    libc = load_libc()
     length = thps * HPAGE + HPAGE
     base = libc.mmap(None, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if base is None or base == MAP_FAILED:
@@ -205,12 +162,12 @@ def measure_kernel_split(thps: int = 256) -> dict:
             return {"available": False,
                     "reason": f"madvise(MADV_HUGEPAGE): {os.strerror(ctypes.get_errno())}"}
 
-        v0 = _vmstat()
+        v0 = read_vmstat()
         view = memoryview((ctypes.c_char * (end - start)).from_address(start)).cast("B")
         t = time.perf_counter()
         view[::PAGE] = bytes([FILL]) * (thps * SUBPAGES)  # one non-zero byte per 4 KiB page
         fault_s = time.perf_counter() - t
-        v1 = _vmstat()
+        v1 = read_vmstat()
         before = _range_smaps(start, end)
         thps_mapped = before["anon_huge_kb"] * 1024 // HPAGE
         if thps_mapped == 0:
@@ -225,9 +182,9 @@ def measure_kernel_split(thps: int = 256) -> dict:
                   # context: first touch (THP fault + 2 MiB clear + 512 byte writes) per 2 MiB slot
                   "fault_us_per_thp": fault_s / thps * 1e6}
 
-        s0 = _vmstat()
+        s0 = read_vmstat()
         seconds, debugfs_error = _debugfs_split(libc, start, end)
-        s1 = _vmstat()
+        s1 = read_vmstat()
         trigger = "debugfs"
         if seconds is None or s1["thp_split_page"] == s0["thp_split_page"]:
             if seconds is not None:
@@ -235,17 +192,17 @@ def measure_kernel_split(thps: int = 256) -> dict:
             result["debugfs_error"] = debugfs_error
             trigger = None
             for name, advice in (("madv_cold", MADV_COLD), ("madv_pageout", MADV_PAGEOUT)):
-                s0 = _vmstat()
+                s0 = read_vmstat()
                 seconds, fails, calls = _madvise_loop(libc, start, thps, advice)
-                s1 = _vmstat()
+                s1 = read_vmstat()
                 result[f"{name}_failed_calls"] = fails
                 if s1["thp_split_page"] > s0["thp_split_page"]:
                     trigger = name
                     result["call_us"] = _percentiles_us(calls)
                     # the same loop again over the now split range: the per-call cost without a split
-                    b0 = _vmstat()
+                    b0 = read_vmstat()
                     base_s, _, _ = _madvise_loop(libc, start, thps, advice)
-                    b1 = _vmstat()
+                    b1 = read_vmstat()
                     result["baseline_us_per_call"] = base_s / thps * 1e6
                     result["baseline_thp_split_page"] = b1["thp_split_page"] - b0["thp_split_page"]
                     break
