@@ -179,6 +179,9 @@ def build_population(state, pop: Population, seed: int):
     # Per THP: PMD mappings left (P) and PTE mappings of every subpage before the zap (T).
     P = np.where(d.pte, 0, m - d.partial)
     T = np.where(d.pte, m, d.partial.astype(np.int64))
+    mappings = n + s * (pop.mappers - 1)
+    state.pmds.reserve(mappings)  # one allocation each: growing by doubling would copy gigabytes
+    state.tables.reserve(mappings)
     b0 = state.blocks.append(n, zero=False)  # every field is written below
     blocks = state.blocks.a[b0:]
     blocks["flags"][:, 0] = (1 << PG_head) | ANON_FAULT_FLAGS

@@ -97,10 +97,10 @@ class _Grow:
         return start
 
     def reserve(self, k):
-        """Make room for ``k`` more records at once (one allocation instead of doublings)."""
+        """Make room for ``k`` more records at once (one allocation, no doubling, nothing touched)."""
         if self.n + k > len(self._buf):
             n = self.n
-            self.append(k)
+            self.append(k, zero=False)
             self.n = n
 
     @property
