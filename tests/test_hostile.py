@@ -1,0 +1,167 @@
+"""Hostile input (issue 5): random, mostly invalid scenario documents, and `vmstate run --out` killed
+at random moments.
+
+Every document either runs (exit 0; 3 only for corrupt state, which valid programs never reach) or
+is refused with exit 2 and exactly one line on stderr naming the file — no traceback — and nothing
+written under ``--out``. A run killed with SIGKILL never leaves a partial file under a final name,
+and a rerun completes.
+"""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hypothesis.strategies as st
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+
+from vmstate import cli
+
+REPO = Path(__file__).resolve().parents[1]
+OPS = ["mmap", "fork", "exit", "munmap", "madvise_dontneed", "mprotect", "pin", "unpin", "split_pmd",
+       "split", "snapshot", "mremap", ""]
+FIELDS = ["mm", "child", "addr", "len", "prot", "thp", "label", "race", "colour"]
+
+values = st.one_of(
+    st.sampled_from(["p", "q", "", "r", "rw", "64M", "2M", "4K", "5000", "-1M", "x" * 300, "../x"]),
+    st.sampled_from([0x7F0000000000, 0x7F0000200000, 0x7F0000001000, 0x1001, 0, -4096, 1 << 48,
+                     4096, 2 << 20, 1 << 40]),
+    st.booleans(), st.floats(allow_nan=False, width=32), st.none(),
+    st.dictionaries(st.sampled_from(["pin", "unpin", "fraction", "when"]),
+                    st.sampled_from(["after_precheck", "never", 0.5, 2]), max_size=3))
+ops = st.lists(st.builds(
+    lambda op, fields: {**({"op": op} if op else {}), **{k: v for k, v in fields.items() if v is not None}},
+    st.sampled_from(OPS), st.dictionaries(st.sampled_from(FIELDS), values, max_size=5)), max_size=6)
+
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def document(scenario, op_list, garbage):
+    lines = []
+    if scenario is not None:
+        lines += ["[scenario]"] + [f"{k} = {toml_value(v)}" for k, v in scenario.items()]
+    for op in op_list:
+        lines += ["", "[[op]]"] + [f"{k} = {toml_value(v)}" for k, v in op.items()]
+    text = "\n".join(lines) + "\n"
+    return garbage(text)
+
+
+garbles = st.sampled_from([
+    lambda t: t, lambda t: t, lambda t: t,
+    lambda t: t[: len(t) // 2],                # truncated
+    lambda t: t.replace("=", ":", 1),          # malformed TOML
+    lambda t: t + "[[op]\n",                   # broken header
+    lambda t: "\ufeff" + t,                    # byte order mark
+])
+scenarios = st.one_of(st.none(), st.fixed_dictionaries(
+    {"name": st.sampled_from(["t", "", "x y"])},
+    optional={"seed": st.sampled_from([1, -1, 2**64, "7"]), "variant": st.sampled_from(["v5", "v4.5", "v6"]),
+              "colour": st.just(1)}))
+
+
+@settings(max_examples=int(os.environ.get("VMSTATE_HOSTILE_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(scenario=scenarios, op_list=ops, garbage=garbles, raw=st.booleans(), data=st.binary(max_size=64))
+def test_random_documents_exit_0_or_2_with_one_line(tmp_path, capsys, scenario, op_list, garbage, raw,
+                                                   data):
+    path = tmp_path / "hostile.toml"
+    if raw:  # bytes that are not even text, now and then
+        path.write_bytes(b"[scenario]\nname = \"t\"\n" + data)
+    else:
+        path.write_text(document(scenario, op_list, garbage), encoding="utf-8")
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)  # tmp_path is shared by hypothesis' examples
+    capsys.readouterr()
+    code = cli.main(["run", str(path), "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    event(f"exit {code}")
+    assert code in (0, 2), (code, captured.err)
+    if code == 2:
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+        assert lines[0].startswith("vmstate: error: ") and str(path) in lines[0], lines[0]
+        assert captured.out == ""
+        written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+        assert written == [], written
+    else:
+        assert (out / "summary.json").is_file()
+
+
+BIG = """\
+[scenario]
+name = "kill-me"
+seed = 1
+
+[[op]]
+op = "mmap"
+mm = "p"
+addr = 0x7f0000000000
+len = "256M"
+
+[[op]]
+op = "fork"
+mm = "p"
+child = "c"
+
+[[op]]
+op = "snapshot"
+label = "a"
+
+[[op]]
+op = "split"
+mm = "p"
+addr = 0x7f0000000000
+len = "256M"
+
+[[op]]
+op = "snapshot"
+label = "b"
+"""
+FINAL = ["summary.json", "snapshots/a/pages.parquet", "snapshots/a/pagemap.parquet",
+         "snapshots/b/pages.parquet", "snapshots/b/pagemap.parquet"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_at_random_moments_leaves_no_partial_file(tmp_path):
+    """50 kills of `vmstate run --out` at random moments: what exists under a final name is complete
+    (all of it or none of it; summary.json is renamed last), and a rerun completes."""
+    scenario = tmp_path / "big.toml"
+    scenario.write_text(BIG)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "vmstate", "run", str(scenario), "--out", str(out), "--json"]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)  # warm: compile, and the run time
+    full = time.perf_counter() - t
+    rng = random.Random(5)
+    kills = int(os.environ.get("VMSTATE_KILLS", "50"))
+    interrupted = 0
+    for _ in range(kills):
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        time.sleep(rng.uniform(0, full * 1.1))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        present = [f for f in FINAL if (out / f).exists()]
+        interrupted += not (out / "summary.json").exists()
+        if (out / "summary.json").exists():
+            assert present == FINAL  # summary.json is last: its presence means everything is there
+        for f in present:  # every file under a final name reads back whole
+            if f.endswith(".parquet"):
+                assert pl.read_parquet(out / f).height > 0
+    assert interrupted >= kills // 2  # most kills land mid-run, not after it
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    assert all((out / f).exists() for f in FINAL)
