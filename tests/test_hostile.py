@@ -165,3 +165,24 @@ def test_sigkill_at_random_moments_leaves_no_partial_file(tmp_path):
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
     assert all((out / f).exists() for f in FINAL)
+
+
+@pytest.mark.parametrize("column, value, rule", [("mapcount", 5, "mapcount = mappings"),
+                                                 ("refcount", 0, "page_count >= mapcount")])
+def test_a_corrupt_dataset_is_caught_before_any_op_runs(tmp_path, capsys, column, value, rule):
+    """State loaded from a dataset that breaks an invariant: exit 3 and the first offending pfn with
+    the values tested, before the scenario's first op."""
+    scenario = REPO / "datasets" / "scenarios" / "gup_pinned.toml"
+    assert cli.main(["run", str(scenario), "--out", str(tmp_path / "sim")]) == 0
+    snap = tmp_path / "sim" / "snapshots" / "pinned"
+    pages = pl.read_parquet(snap / "pages.parquet")
+    pages.with_columns(pl.when(pl.col("pfn") == 1030).then(value).otherwise(pl.col(column))
+                       .cast(pl.Int64).alias(column)).write_parquet(snap / "pages.parquet")
+    noop = tmp_path / "noop.toml"
+    noop.write_text('[scenario]\nname = "n"\n\n[[op]]\nop = "split"\nmm = "proc"\n'
+                    'addr = 0x7f0000000000\nlen = "8M"\n')
+    capsys.readouterr()
+    assert cli.main(["run", str(noop), "--from-capture", str(snap), "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err
+    assert "pfn 0x406" in err and rule in err and f"{column}={value}" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json"))

@@ -40,7 +40,7 @@ from kernels.constants import (
 )
 from vmstate import procfs
 from vmstate.dataset import PAGEMAP, PAGES, parquet_writer, read_dataset, write_tree
-from vmstate.errors import BadInput
+from vmstate.errors import BadInput, CorruptState
 from vmstate.export import (
     _COPIED, KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, PAGEMAP_SCHEMA, PAGES_SCHEMA,
 )
@@ -607,11 +607,32 @@ class _Loader:
                         np.uint64(_ENTRY) | np.where(w[at], np.uint64(_PAGE_RW), np.uint64(0))
 
     # ---- what the capture could not say -------------------------------------------------------
+    def _check_consistent(self, rows, kpc, implied):
+        """A simulator snapshot lists every process, so its mapcounts must be exactly the mappings
+        its pagemap holds, and no refcount may be below the mapcount: otherwise the dataset is
+        corrupt (exit 3), reported with the values tested. (A capture of live processes may see
+        mappings of processes it did not capture: reported, not refused.)"""
+        pfn = rows["pfn"].to_numpy()
+        if self.ds.meta.get("vmstate.source", "simulator") == "simulator":
+            for j in np.flatnonzero(kpc != implied)[:1]:
+                raise CorruptState(
+                    f"{self.pages_file}: pfn 0x{int(pfn[j]):x}: mapcount={int(kpc[j])}, but "
+                    f"{int(implied[j])} entries of the pagemap map it [mapcount = PTE mappings + "
+                    f"PMD mappings of its THP]", pfn=int(pfn[j]), rule="mapcount = mappings")
+        refc = rows["refcount"].to_numpy(allow_copy=True) if "refcount" in rows.columns else None
+        if refc is not None and rows["refcount"].null_count() == 0:
+            for j in np.flatnonzero(refc < kpc)[:1]:
+                raise CorruptState(
+                    f"{self.pages_file}: pfn 0x{int(pfn[j]):x}: refcount={int(refc[j])} below "
+                    f"mapcount={int(kpc[j])} [page_count = total_mapcount + pins]",
+                    pfn=int(pfn[j]), rule="page_count >= mapcount")
+
     def _report(self, rows):
         st = self.state
         b, i = self.row_pfn // N, self.row_pfn % N
         implied = self.ptemaps[b, i] + self.pmdmaps[b]
         kpc = rows["kpagecount"].to_numpy()
+        self._check_consistent(rows, kpc, implied)
         more = kpc > implied
         if more.any():
             self.notes.append(f"{int(more.sum())} mapped pages have a mapcount above the captured "
