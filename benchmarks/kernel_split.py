@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vmstate._kworker import libc as load_libc  # noqa: E402  (the bindings kernel-run uses)
-from vmstate.kernel_run import prerequisites  # noqa: E402
+from vmstate.kernel_run import prerequisites, unmount_debugfs  # noqa: E402
 from vmstate.procfs import read_vmstat  # noqa: E402
 
 HPAGE = 2 << 20
@@ -109,12 +109,7 @@ def _debugfs_split(libc, start, end):
             os.close(fd)
         return seconds, None
     finally:
-        if tmp is not None:
-            libc.umount2(tmp.encode(), 0)
-            try:
-                os.rmdir(tmp)
-            except OSError:
-                pass
+        unmount_debugfs(libc, tmp)
 
 
 def _madvise_loop(libc, start, thps, advice):

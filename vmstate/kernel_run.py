@@ -112,11 +112,12 @@ def probe_debugfs(libc) -> tuple[str | None, str | None, str]:
             os.close(fd)
         return path, tmp, ""
     except OSError as e:
-        _unmount(libc, tmp)
+        unmount_debugfs(libc, tmp)
         return None, None, f"{SPLIT_FILE}: {e.strerror} (errno {e.errno})"
 
 
-def _unmount(libc, tmp):
+def unmount_debugfs(libc, tmp):
+    """Undo a temporary debugfs mount of :func:`probe_debugfs` (``tmp`` None: nothing to do)."""
     if tmp is not None:
         libc.umount2(tmp.encode(), 0)
         try:
@@ -362,7 +363,7 @@ class KernelRun:
                     proc.popen.kill()
                     proc.popen.wait()
             proc.alive = False
-        _unmount(self.libc, getattr(self, "debugfs_mount", None))
+        unmount_debugfs(self.libc, getattr(self, "debugfs_mount", None))
 
     def _live_targets(self):
         return [Target(p.name, p.pid) for p in self.procs.values() if p.alive]
