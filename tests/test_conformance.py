@@ -38,16 +38,19 @@ def test_conformance(path, tmp_path):
     why = _simulator_only(scenario)
     if why:
         pytest.skip(why)
-    for attempt in range(2):
+    pinned = any(op.op == "pin" for op in scenario.ops)
+    for attempt in range(3):
         out = tmp_path / str(attempt)
         _, real = run_both(scenario, out)
         res = diff(out / "sim", out / "kernel")
         # /proc/vmstat's split counters are system-wide: another process splitting a THP during an
-        # op's window shows there. Run again once when only those differ.
+        # op's window shows there. And with no pin in the scenario, a real split that fails with
+        # -EAGAIN met a transient reference (a per-CPU LRU batch, a scanner): run again.
         only_events = all(not s.get("unexplained_slots") and not s.get("freed", {}).get("differs")
                           and "missing" not in s for s in res.snapshots.values()) and \
             not any(s.get("differs") for s in res.splits)
-        if res.differences == 0 or not only_events:
+        transient = not pinned and "split_eagain" in res.divergences
+        if res.differences == 0 or not (only_events or transient):
             break
     assert res.differences == 0, render(res)
     seen = set(res.divergences)
