@@ -596,10 +596,8 @@ class _Loader:
                         self.bad(self.pm_file, "pmd", f"{name!r} 0x{slot:x}: pmd is set on "
                                  f"{int(p[at].sum())} rows, expected the 512 pages of one THP")
                     head = int(sp[at].min())
-                    row = st.pmd_row(mm, slot, create=True)
-                    st.pmd[row] = (head << PTE_PFN_SHIFT) | _ENTRY | _PAGE_PSE | (
-                        _PAGE_RW if w[at].all() else 0)
-                    st.table_of_huge(row)
+                    st.set_huge_pmd(mm, slot, (head << PTE_PFN_SHIFT) | _ENTRY | _PAGE_PSE | (
+                        _PAGE_RW if w[at].all() else 0))
                 else:
                     t = st.table_of(st.pmd_row(mm, slot, create=True))
                     k = (v[at] - slot) >> PAGE_SHIFT

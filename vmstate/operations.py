@@ -156,9 +156,7 @@ def _fault_thp(state, mm, haddr, anon_vma):
     # v5: the offset, every subpage carries the PMD mapping; 4.5: no offset (raw -1 stays)
     rec["_mapcount"][:] = 0 if state.variant == V5 else -1
     rec["compound_mapcount"] = 0
-    row = state.pmd_row(mm, haddr, create=True)
-    state.pmd[row] = (b * N << PTE_PFN_SHIFT) | _FAULT_ENTRY | _PAGE_PSE
-    state.table_of_huge(row)  # pte_alloc_one() + pgtable_trans_huge_deposit()
+    state.set_huge_pmd(mm, haddr, (b * N << PTE_PFN_SHIFT) | _FAULT_ENTRY | _PAGE_PSE)
     state.events[EV_THP_FAULT_ALLOC] += 1
 
 
@@ -199,9 +197,7 @@ def _copy_huge_pmd(state, child, haddr, row):
     state._count[b, 0] += 1
     state.compound_mapcount_raw[b] += 1
     state.pmd[row] = entry
-    crow = state.pmd_row(child, haddr, create=True)
-    state.pmd[crow] = entry & ~_PAGE_ACCESSED
-    state.table_of_huge(crow)  # the child's pgtable, deposited with its PMD
+    state.set_huge_pmd(child, haddr, entry & ~_PAGE_ACCESSED)  # the child gets its own pgtable
 
 
 def _copy_pte_range(state, child, haddr, row, lo, hi):

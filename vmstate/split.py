@@ -16,7 +16,7 @@ from kernels import split as k_split
 from kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, COSTS, HPAGE_PMD_NR, HPAGE_PMD_SIZE,
     PAGE_SHIFT, PAGE_SIZE, RACE_NONE, RACE_POINTS, SPLIT_BUG, SPLIT_FAIL_ANON_VMA,
-    SPLIT_FAIL_PRECHECK, SPLIT_OK, VM_EVENTS, VM_WRITE, _PAGE_PSE,
+    SPLIT_FAIL_PRECHECK, SPLIT_OK, VM_EVENTS, VM_WRITE,
 )
 from kernels.pagewalk import follow_thps
 from vmstate.errors import CorruptState
@@ -84,8 +84,7 @@ def rmap_arrays(state, thps):
     for av in np.unique(mapping):
         ks = np.flatnonzero(mapping == av)
         idx = index[ks]
-        vmas = sorted(state.anon_vmas[int(av)], key=lambda v: (v.vm_pgoff, v.mm.id, v.vm_start))
-        for order, v in enumerate(vmas):
+        for order, v in enumerate(state.anon_vma_tree(int(av))):
             pages = (v.vm_end - v.vm_start) >> PAGE_SHIFT
             hit = (v.vm_pgoff <= idx + N - 1) & (v.vm_pgoff + pages - 1 >= idx)
             if not hit.any():
@@ -104,19 +103,7 @@ def rmap_arrays(state, thps):
         k = rows = lo = hi = write = np.zeros(0, np.int64)
     ptr = np.zeros(len(thps) + 1, np.int64)
     np.cumsum(np.bincount(k, minlength=len(thps)), out=ptr[1:])
-    _deposit_tables(state, rows)
     return ptr, rows.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64), write.astype(np.int64)
-
-
-def _deposit_tables(state, rows):
-    """Every huge PMD the freeze may split needs its deposited PTE table (one allocation, not
-    zeroed: ``__split_huge_pmd_locked`` writes all 512 entries before anything reads them)."""
-    valid = rows[rows >= 0]
-    missing = valid[((state.pmd[valid] & _PAGE_PSE) != 0) & (state.pte_table[valid] < 0)]
-    if len(missing):  # none when every huge PMD got its table at fault (vmstate's ops do)
-        huge = np.unique(missing)
-        t0 = state.tables.append(len(huge), zero=False)
-        state.pte_table[huge] = t0 + np.arange(len(huge))
 
 
 @dataclass(frozen=True)

@@ -183,10 +183,6 @@ class MemoryState:
         rec["alloc_start"], rec["alloc_end"] = start, end
         return b
 
-    def is_compound(self, b):
-        """``PageCompound()`` of the pages of block ``b`` (a THP not split yet)."""
-        return bool(self.flags[b, 0] & _HEAD)
-
     def get_pages(self, pfns):
         """``get_page()`` on each pfn (to the head for a THP subpage)."""
         b, i = pfns // N, pfns % N
@@ -251,29 +247,24 @@ class MemoryState:
             self.pmd[row] = _PAGE_PRESENT
         return t
 
-    def huge_pmd_rows(self, mm: Mm, start: int, end: int):
-        """PMD rows in ``[start, end)`` (2 MiB slots) with a huge entry, in address order."""
-        out = []
-        for haddr in range(start & ~(HPAGE_PMD_SIZE - 1), end, HPAGE_PMD_SIZE):
-            row = mm.pmd_rows.get(haddr)
-            if row is not None and self.pmd[row] & _PAGE_PSE:
-                out.append((haddr, row))
-        return out
-
     def split_huge_pmd(self, row):
         """Mirror of v5 ``split_huge_pmd()`` (not freeze) on the huge PMD entry ``row``."""
         b = int((int(self.pmd[row]) & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // N
-        self.table_of_huge(row)
         self._costs[C_PMD_LOCK] += 1
         self._costs[C_MMU_NOTIFIER] += 1
         _split_huge_pmd_locked(self.pmds.a, self.tables.a, row, self.blocks.a, b, False, self._costs,
                                self.events, self.variant)
 
-    def table_of_huge(self, row):
-        """Make sure a huge PMD has its deposited PTE table (pgtable_trans_huge_deposit)."""
+    def set_huge_pmd(self, mm: Mm, haddr: int, entry: int):
+        """Install huge PMD ``entry`` at ``haddr`` with its PTE table deposited beside it
+        (``pte_alloc_one()`` + ``pgtable_trans_huge_deposit()``: the table split_huge_pmd and the
+        freeze later fill). Every huge PMD is installed here, or built with its table by
+        ``vmstate.population``."""
+        row = self.pmd_row(mm, haddr, create=True)
+        self.pmd[row] = entry
         if self.pte_table[row] < 0:
             self.pte_table[row] = self.tables.append()
-        return int(self.pte_table[row])
+        return row
 
     def split_huge_pmd_address(self, mm: Mm, address: int):
         """Mirror of ``split_huge_pmd_address()``: split a huge PMD that straddles ``address``."""
@@ -315,12 +306,10 @@ class MemoryState:
                 self.put_pages(pfns)
 
     # ---- processes and VMAs -------------------------------------------------------------------
-    def anon_vma_interval_tree(self, anon_vma: int, first: int, last: int):
-        """VMAs of ``anon_vma`` whose pgoff range meets ``[first, last]``, in tree order."""
-        hits = [v for v in self.anon_vmas[anon_vma]
-                if v.vm_pgoff <= last and v.vm_pgoff + (v.vm_end - v.vm_start >> PAGE_SHIFT) - 1 >= first]
-        hits.sort(key=lambda v: (v.vm_pgoff, v.mm.id, v.vm_start))
-        return hits
+    def anon_vma_tree(self, anon_vma: int):
+        """The VMAs of ``anon_vma`` in interval-tree order (vm_pgoff, then process, then address);
+        the split wrapper queries it for many THPs at once (``vmstate.split.rmap_arrays``)."""
+        return sorted(self.anon_vmas[anon_vma], key=lambda v: (v.vm_pgoff, v.mm.id, v.vm_start))
 
     # ---- views for comparison and export --------------------------------------------------------
     def page_mapping_index(self):
