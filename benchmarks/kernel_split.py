@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vmstate._kworker import libc as load_libc  # noqa: E402  (the bindings kernel-run uses)
-from vmstate.kernel_run import prerequisites, unmount_debugfs  # noqa: E402
-from vmstate.procfs import read_vmstat  # noqa: E402
+from vmstate.bridge.kworker import libc as load_libc  # noqa: E402  (the bindings kernel-run uses)
+from vmstate.bridge.kernel_run import prerequisites, unmount_debugfs  # noqa: E402
+from vmstate.bridge.procfs import read_vmstat  # noqa: E402
 
 HPAGE = 2 << 20
 PAGE = 4096

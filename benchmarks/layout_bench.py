@@ -2,7 +2,7 @@
 
 1. per-page records ``[(flags u4, _count i4, _mapcount i4)] * 512N`` (12-byte structs);
 2. vmstate's layout: one record per 2 MiB block with field-major 512-entry subarrays
-   (``vmstate.dtypes.PAGE_BLOCK_DTYPE``), walked two ways: record by record (what the kernels do) and
+   (``vmstate.engine.dtypes.PAGE_BLOCK_DTYPE``), walked two ways: record by record (what the kernels do) and
    through the strided 2-D field view ``blocks["_mapcount"]``;
 3. a bare contiguous ``int32[N, 512]`` column (the lower bound).
 
@@ -20,8 +20,8 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._machine import machine, peak_rss_bytes, stream_bandwidth  # noqa: E402
-from kernels.mapcount import total_mapcount  # noqa: E402
-from vmstate.dtypes import PAGE_BLOCK_DTYPE  # noqa: E402
+from vmstate.kernels.mapcount import total_mapcount  # noqa: E402
+from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE  # noqa: E402
 
 N = 512
 PER_PAGE = np.dtype([("flags", np.uint32), ("_count", np.int32), ("_mapcount", np.int32)])

@@ -55,9 +55,9 @@ TABLE_EXISTING = 4 * 4096  # freeze and unfreeze each read and write an existing
 
 
 def run_one(config, thps, ref_thps, kernel_thps, prefault):
-    from vmstate import MemoryState
-    from vmstate.population import parse_population, population_bytes
-    from vmstate.state import available_memory
+    from vmstate import MemoryState, from_population
+    from vmstate.engine.population import parse_population, population_bytes
+    from vmstate.engine.state import available_memory
 
     table = {"thps": thps, "addr": ADDR, **CONFIGS[config]}
     out = {"config": config, "thps": thps, **machine()}
@@ -73,13 +73,13 @@ def run_one(config, thps, ref_thps, kernel_thps, prefault):
         out["prefault_s"] = round(time.perf_counter() - t, 3)
     # warm the compiled kernels on a small population (compile time is reported apart)
     t = time.perf_counter()
-    MemoryState.from_population({**table, "thps": 64}, seed=1).split("parent", ADDR, 64 << 21)
-    MemoryState.from_population({**table, "thps": 64}, seed=1).split("parent", ADDR, 64 << 21)
+    from_population({**table, "thps": 64}, seed=1).split("parent", ADDR, 64 << 21)
+    from_population({**table, "thps": 64}, seed=1).split("parent", ADDR, 64 << 21)
     out["warmup_s"] = round(time.perf_counter() - t, 3)
     reset_peak_rss()  # from here on: the population and its splits only
 
     t = time.perf_counter()
-    state = MemoryState.from_population(table, seed=1)
+    state = from_population(table, seed=1)
     out["population_s"] = round(time.perf_counter() - t, 3)
     nbytes = _split_bytes(state)
     t = time.perf_counter()
@@ -94,8 +94,8 @@ def run_one(config, thps, ref_thps, kernel_thps, prefault):
     del state, res
     gc.collect()  # Mm <-> Vma reference cycles: free the first state before building the second
 
-    state = MemoryState.from_population(table, seed=1)
-    from vmstate.split import split_thps, thps_mapped
+    state = from_population(table, seed=1)
+    from vmstate.engine.huge_memory import split_thps, thps_mapped
     t = time.perf_counter()
     blocks = thps_mapped(state, state.mms["parent"], ADDR, ADDR + (thps << 21))
     walk = time.perf_counter() - t
@@ -124,7 +124,7 @@ def run_one(config, thps, ref_thps, kernel_thps, prefault):
 
 def _split_bytes(state):
     """Bytes a split of every THP of ``state`` reads and writes (see module docstring)."""
-    from kernels.constants import _PAGE_PSE
+    from vmstate.kernels.constants import _PAGE_PSE
     n = state.blocks.n - 1
     pmd = state.pmd
     huge = int(((pmd & _PAGE_PSE) != 0).sum())
@@ -135,7 +135,7 @@ def _split_bytes(state):
 def _reference_us(table, n):
     """µs per THP of the pure-Python reference splitting the same population (built by its program)."""
     from reference import ReferenceState
-    from vmstate.population import parse_population, population_program
+    from vmstate.engine.population import parse_population, population_program
     ref = ReferenceState()
     for op, *args in population_program(parse_population({**table, "thps": n}), 1):
         getattr(ref, op)(*args)

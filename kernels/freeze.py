@@ -8,14 +8,14 @@ freeze drops each mapping's count and reference and whose unfreeze takes them ba
 """
 from numba import njit
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     HPAGE_PMD_NR, PG_dirty, PG_head, PTE_PFN_MASK, PTE_PFN_SHIFT, V4_5, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE,
     _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_LOCK,
     C_PTE_WRITE, C_TLB_FLUSH,
 )
-from kernels.mapcount import mapcount_offset, page_mapcount
-from kernels.pmd import _split_huge_pmd_locked
-from kernels.refcount import page_remove_rmap_pte
+from vmstate.kernels.mapcount import mapcount_offset, page_mapcount
+from vmstate.kernels.pmd import _split_huge_pmd_locked
+from vmstate.kernels.refcount import page_remove_rmap_pte
 
 
 @njit(cache=True)

@@ -8,7 +8,7 @@ that is not a PTE mapping — the *offset* — which both functions below remove
 """
 from numba import njit
 
-from kernels.constants import HPAGE_PMD_NR, PG_double_map, V4_5
+from vmstate.kernels.constants import HPAGE_PMD_NR, PG_double_map, V4_5
 
 
 @njit(cache=True, inline="always")

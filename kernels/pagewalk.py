@@ -1,7 +1,7 @@
 """Walking a process's page tables over a range (the debugfs ``split_huge_pages`` pid walk)."""
 from numba import njit
 
-from kernels.constants import HPAGE_PMD_NR, PG_head, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT, _PAGE_PSE
+from vmstate.kernels.constants import HPAGE_PMD_NR, PG_head, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT, _PAGE_PSE
 
 
 @njit(cache=True)

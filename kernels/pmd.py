@@ -1,16 +1,16 @@
 """Splitting a huge PMD into a PTE table (v5 ``mm/huge_memory.c:__split_huge_pmd_locked()``).
 
-Kernels take the structured arrays themselves (``vmstate.dtypes``) and index one record at a time:
+Kernels take the structured arrays themselves (``vmstate.engine.dtypes``) and index one record at a time:
 numba types a record's 512-entry field as a contiguous array, which the SIMD loops need (a 2-D
 field view of the same memory is strided and ran ~7x slower, ``benchmarks/layout_bench.py``).
 """
 from numba import njit, prange
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     HPAGE_PMD_NR, PG_dirty, PG_double_map, PTE_PFN_MASK, PTE_PFN_SHIFT, V4_5, V5, _PAGE_ACCESSED, _PAGE_DIRTY,
     _PAGE_PRESENT, _PAGE_RW, _PAGE_VMS_MIGRATION, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_SPLIT_PMD,
 )
-from kernels.refcount import page_remove_rmap_pte
+from vmstate.kernels.refcount import page_remove_rmap_pte
 
 _DOUBLE_MAP = 1 << PG_double_map
 _NOT_DOUBLE_MAP = 0xFFFFFFFF ^ _DOUBLE_MAP
@@ -93,7 +93,7 @@ def _split_pmd_counts_v4_5(page, freeze, events):
 
 @njit(cache=True, parallel=True)
 def populate_pte_tables(tables, t0, heads, bits, split, zap_lo, zap_hi):
-    """The PTE tables of generated PMD mappings (``vmstate.population``): row ``r`` gets table
+    """The PTE tables of generated PMD mappings (``vmstate.engine.population``): row ``r`` gets table
     ``t0 + r``, zeroed (``pte_alloc_one()``: the table deposited under a huge PMD) or, where
     ``split[r]``, the 512 entries ``__split_huge_pmd_locked()`` writes for the THP at pfn
     ``heads[r]`` (``bits[r]``: present, dirty, and the PMD's write and young), with PTEs

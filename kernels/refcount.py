@@ -4,7 +4,7 @@ Frame ``pfn`` is entry ``i = pfn % 512`` of block record ``blocks[pfn // 512]``.
 """
 from numba import njit
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     C_PAGES_FREED, EV_THP_DEFERRED_SPLIT_PAGE, HPAGE_PMD_NR, PG_head, PG_hwpoison, PG_tail,
 )
 

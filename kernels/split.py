@@ -1,12 +1,12 @@
 """``split_huge_page_to_list()`` of the seed and the debugfs-style driver that runs it over many THPs.
 
-Array arguments: ``blocks``, ``pmds``, ``tables``: the structured arrays of ``vmstate.dtypes``; the
-rmap index arrays of :mod:`kernels.freeze`; ``costs``/``events``: counter vectors indexed by
+Array arguments: ``blocks``, ``pmds``, ``tables``: the structured arrays of ``vmstate.engine.dtypes``; the
+rmap index arrays of :mod:`vmstate.kernels.freeze`; ``costs``/``events``: counter vectors indexed by
 ``C_*``/``EV_*``; ``bug``: four ``i64`` (head pfn, BUG_* kind, two values tested) filled on BUG().
 """
 from numba import get_thread_id, njit, prange
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, C_ANON_VMA_LOCK, C_LRU_LOCK,
     C_PAGES_FREED, EBUSY,
     EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED, HPAGE_PMD_NR, PG_dirty, PG_head, PG_hwpoison,
@@ -14,9 +14,9 @@ from kernels.constants import (
     SPLIT_BUG, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK,
     SPLIT_OK, TAIL_COPY_FLAGS, V4_5, V5,
 )
-from kernels.freeze import freeze_page, unfreeze_page
-from kernels.mapcount import mapcount_offset, page_mapcount, total_mapcount
-from kernels.refcount import get_page, put_page
+from vmstate.kernels.freeze import freeze_page, unfreeze_page
+from vmstate.kernels.mapcount import mapcount_offset, page_mapcount, total_mapcount
+from vmstate.kernels.refcount import get_page, put_page
 
 _LOCKED = 1 << PG_locked
 # Masks as positive u32 values: ``~bit`` is a negative Python int, which NUMBA_DISABLE_JIT=1 runs
@@ -82,7 +82,7 @@ def _split_huge_page(b, blocks, costs, bug, variant):
 @njit(cache=True, inline="always")
 def _put_split_subpages(page, costs):
     """The seed's final loop: unlock_page + put_page on every subpage but @page (the head). They
-    are single pages now, so put_page() frees at 0 (``kernels.refcount.put_page``, inlined)."""
+    are single pages now, so put_page() frees at 0 (``vmstate.kernels.refcount.put_page``, inlined)."""
     flags, _count, _mapcount = page["flags"], page["_count"], page["_mapcount"]
     freed = 0
     for i in range(1, HPAGE_PMD_NR):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vmstate.cli import write_outputs
-from vmstate.kernel_run import kernel_run, prerequisites
-from vmstate.runner import run_scenario
+from vmstate.bridge.kernel_run import kernel_run, prerequisites
+from vmstate.batch.runner import run_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "datasets" / "scenarios"

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from vmstate import BadInput
-from vmstate.split import Race
+from vmstate.engine.huge_memory import Race
 
 BASE = 0x7F0000000000
 MB2 = 2 << 20

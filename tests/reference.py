@@ -16,7 +16,7 @@ it follows ("v4.5 ..."); docs/semantics.md "Variant v4.5" describes the arithmet
 """
 from __future__ import annotations
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY,
     _PAGE_VMS_MIGRATION, ANON_FAULT_FLAGS, COSTS, EBUSY, FIRST_BLOCK, HPAGE_PMD_MASK, HPAGE_PMD_NR,
     HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PAGE_SIZE, RACE_AFTER_FREEZE, RACE_AFTER_PRECHECK,
@@ -1299,7 +1299,7 @@ class ReferenceState:
     def split(self, mm: str, addr: int, length: int, race=None) -> list[tuple[int, int, int]]:
         """debugfs split_huge_pages: for each THP mapped in the range, get_page(), lock_page(),
         split_huge_page(), unlock_page(), put_page(). Returns (head_pfn, ret, reason) per THP.
-        ``race`` (``vmstate.split.Race``, used only for its choice of THPs and points): a GUP pin
+        ``race`` (``vmstate.engine.huge_memory.Race``, used only for its choice of THPs and points): a GUP pin
         that races each chosen THP's split; one that never leaves is held as a pin of its page."""
         proc = self._live_mm(mm)
         end = self._check_range(addr, length)

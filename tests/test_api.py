@@ -1,4 +1,4 @@
-"""``vmstate.api``: the same run as ``vmstate run``, plus per-split and per-THP frames; scenarios
+"""``vmstate.batch.api``: the same run as ``vmstate run``, plus per-split and per-THP frames; scenarios
 built from Python data are checked like files; the examples in ``docs/api.md`` run."""
 import re
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vmstate import api
+from vmstate.batch import api
 from vmstate.errors import BadInput
-from vmstate.runner import run_scenario
+from vmstate.batch.runner import run_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((REPO / "datasets" / "scenarios").glob("*.toml"))

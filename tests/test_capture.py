@@ -10,12 +10,12 @@ import pytest
 
 from bridge_helpers import SCENARIOS, live_thp_process, needs_kernel
 from vmstate import MemoryState, cli
-from vmstate.capture import REFCOUNT_REASON, Target, capture, write_capture
+from vmstate.bridge.capture import REFCOUNT_REASON, Target, capture, from_capture, write_capture
 from vmstate.cli import write_outputs
 from vmstate.errors import BadInput
-from vmstate.export import PAGEMAP_SCHEMA, PAGES_SCHEMA, pagemap_frame, pages_frame
-from vmstate.runner import run_scenario
-from vmstate.scenario import load_scenario
+from vmstate.io.export import PAGEMAP_SCHEMA, PAGES_SCHEMA, pagemap_frame, pages_frame
+from vmstate.batch.runner import run_scenario
+from vmstate.io.scenario import load_scenario
 
 N = 512
 TWO_M = 2 << 20
@@ -65,7 +65,7 @@ def test_live_capture_loads_validates_and_splits(tmp_path):
     with live_thp_process(4) as (pid, addr):
         assert cli.main(["capture", "--pid", f"app={pid}", "--range",
                          f"0x{addr:x}-0x{addr + 4 * TWO_M:x}", "--out", str(tmp_path)]) == 0
-    s = MemoryState.from_capture(tmp_path)
+    s = from_capture(tmp_path)
     s.validate()
     report = s.capture_report
     assert report["thps"] == 4 and report["pmd_mapped"] == 4 and report["source"] == "capture"
@@ -119,7 +119,7 @@ def test_simulator_snapshots_load_back_exactly(sim_runs):
     block) and the same flags and mapcounts; refcounts differ only by the pins."""
     for name, (d, result) in sim_runs.items():
         for label, (pages, pagemap) in result.snapshots.items():
-            s = MemoryState.from_capture(d / "snapshots" / label)
+            s = from_capture(d / "snapshots" / label)
             p2, m2 = pages_frame(s), pagemap_frame(s)
             assert m2.drop("pfn").equals(pagemap.drop("pfn")), (name, label)
             assert (m2["pfn"] % N).equals(pagemap["pfn"] % N)
@@ -147,7 +147,7 @@ def test_loaded_state_runs_the_rest_of_a_scenario(sim_runs, tmp_path, capsys):
 
 def test_v45_variant_loads(sim_runs):
     d, _ = sim_runs["mprotect"]
-    s = MemoryState.from_capture(d / "snapshots" / "after-mprotect", variant="v4.5")
+    s = from_capture(d / "snapshots" / "after-mprotect", variant="v4.5")
     s.validate()
     assert s.split("proc", 0x7F0000000000, 8 << 20).succeeded == 4
     s.validate()
@@ -190,7 +190,7 @@ def test_bad_dataset_is_bad_input(sim_runs, tmp_path, capsys, damage, file, colu
             frame = frame.with_columns(pl.lit(1).alias(col))
         frame.write_parquet(f)
     with pytest.raises(BadInput) as e:
-        MemoryState.from_capture(d)
+        from_capture(d)
     assert str(f) in str(e.value)
     if column is not None:
         assert f"column '{column}'" in str(e.value)
@@ -211,19 +211,19 @@ def test_inconsistent_dataset_is_bad_input(sim_runs, tmp_path):
     pm.with_columns(pl.when(pl.int_range(pl.len()) < 3).then(True).otherwise(pl.col("pmd"))
                     .alias("pmd")).write_parquet(d / "pagemap.parquet")
     with pytest.raises(BadInput, match="column 'pmd'"):
-        MemoryState.from_capture(d)
+        from_capture(d)
     d = _copy(src, tmp_path / "b")
     pm.with_columns(pl.col("pfn") + np.uint64(1 << 40)).write_parquet(d / "pagemap.parquet")
     with pytest.raises(BadInput, match="column 'pfn'.*no row in pages.parquet"):
-        MemoryState.from_capture(d)
+        from_capture(d)
 
 
 @needs_kernel
 def test_pmd_heuristic_agrees_with_pagemap_scan(monkeypatch, tmp_path):
     """Before Linux 6.7 (no PAGEMAP_SCAN) the pmd column comes from a heuristic; here it gives the
     same column, for PMD-mapped THPs and for one whose PMD MADV_DONTNEED of one page split."""
-    from vmstate import procfs
-    from vmstate.kernel_run import kernel_run
+    from vmstate.bridge import procfs
+    from vmstate.bridge.kernel_run import kernel_run
     sc = tmp_path / "s.toml"
     sc.write_text('[scenario]\nname = "s"\n[[op]]\nop = "mmap"\nmm = "p"\naddr = 0x7f0000000000\n'
                   'len = "6M"\n[[op]]\nop = "madvise_dontneed"\nmm = "p"\naddr = 0x7f0000201000\n'

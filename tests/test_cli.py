@@ -175,7 +175,7 @@ def test_argument_errors_exit_2(args):
 
 
 def test_validate_switch_runs_validate_after_every_op(tmp_path, monkeypatch, capsys):
-    from vmstate.state import MemoryState
+    from vmstate.engine.state import MemoryState
     calls = []
     real = MemoryState.validate
     monkeypatch.setattr(MemoryState, "validate", lambda self: calls.append(1) or real(self))
@@ -185,7 +185,7 @@ def test_validate_switch_runs_validate_after_every_op(tmp_path, monkeypatch, cap
 
 
 def test_corrupt_state_exits_3_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    from vmstate.state import MemoryState
+    from vmstate.engine.state import MemoryState
 
     def split(self, mm, addr, length):
         raise CorruptState("pfn 0x400: total_mapcount 3 > page_count 2 - 1", pfn=0x400,
@@ -236,17 +236,6 @@ def test_rerun_replaces_files(tmp_path, capsys):
     assert (out / "summary.json").read_text() == first
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
     assert f"wrote {out / 'summary.json'}" in capsys.readouterr().out
-
-
-def test_population_needs_engine_support(tmp_path, capsys):
-    from vmstate.state import MemoryState
-    if hasattr(MemoryState, "from_population"):
-        pytest.skip("the engine generates populations: covered by the population tests")
-    text = SMALL.replace("seed = 3\n", "seed = 3\n\n[population]\nthps = 10\n")
-    assert cli.main(["run", str(scenario(tmp_path, text))]) == 2
-    assert capsys.readouterr().err == (f"vmstate: error: {tmp_path / 's.toml'}: [population]: "
-                                       "population is not supported yet (this engine has no "
-                                       "MemoryState.from_population)\n")
 
 
 def test_a_size_the_machine_cannot_hold(tmp_path, capsys):

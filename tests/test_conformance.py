@@ -7,8 +7,8 @@ MADV_COLD as the split trigger (debugfs refused under lockdown)."""
 import pytest
 
 from bridge_helpers import SCENARIOS, needs_kernel, run_both
-from vmstate.diff import diff, render
-from vmstate.scenario import load_scenario
+from vmstate.bridge.diff import diff, render
+from vmstate.io.scenario import load_scenario
 
 ALWAYS = {"refcount_not_exported", "split_trigger"}
 EXPECTED = {

@@ -8,10 +8,10 @@ import pytest
 from bridge_helpers import SCENARIOS
 from vmstate import cli
 from vmstate.cli import write_outputs
-from vmstate.diff import diff, render
+from vmstate.bridge.diff import diff, render
 from vmstate.errors import BadInput
-from vmstate.runner import run_scenario
-from vmstate.scenario import load_scenario
+from vmstate.batch.runner import run_scenario
+from vmstate.io.scenario import load_scenario
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from hypothesis.stateful import invariant
 from programs import Programs, machine_settings
 from reference import ReferenceState
 from vmstate import MemoryState
-from vmstate.compare import diff_dumps
+from vmstate.engine.compare import diff_dumps
 
 
 class Differential(Programs):

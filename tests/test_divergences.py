@@ -1,4 +1,4 @@
-"""Each documented divergence of today's kernel from v5 (docs/divergences.md, vmstate.divergences),
+"""Each documented divergence of today's kernel from v5 (docs/divergences.md, vmstate.bridge.divergences),
 shown on the running kernel: the simulator and ``kernel-run`` disagree in exactly that way, and
 ``vmstate diff`` names it instead of counting it (``--disallow NAME`` counts it)."""
 import dataclasses
@@ -7,12 +7,13 @@ import polars as pl
 import pytest
 
 from bridge_helpers import SCENARIOS, needs_kernel, run_both
-from vmstate import _kworker, cli
-from vmstate.diff import diff, render
-from vmstate.divergences import DIVERGENCES
-from vmstate.kernel_run import probe_debugfs
-from vmstate.procfs import KPF_ZERO_PAGE
-from vmstate.scenario import load_scenario
+from vmstate.bridge import kworker as _kworker
+from vmstate import cli
+from vmstate.bridge.diff import diff, render
+from vmstate.bridge.divergences import DIVERGENCES
+from vmstate.bridge.kernel_run import probe_debugfs
+from vmstate.bridge.procfs import KPF_ZERO_PAGE
+from vmstate.io.scenario import load_scenario
 
 BASE = 0x7F0000000000
 
@@ -100,9 +101,9 @@ def test_zero_page_remap(tmp_path):
                                      ("split", {"mm": "p", "addr": BASE, "len": "4M"}),
                                      ("snapshot", {"label": "x"})])
     first = dataclasses.replace(sc.ops[0], fields={**sc.ops[0].fields, "fill": "first"})
-    from vmstate.kernel_run import kernel_run
+    from vmstate.bridge.kernel_run import kernel_run
     from vmstate.cli import write_outputs
-    from vmstate.runner import run_scenario
+    from vmstate.batch.runner import run_scenario
     write_outputs(run_scenario(sc), tmp_path / "sim")
     kernel_run(dataclasses.replace(sc, ops=[first, *sc.ops[1:]]), tmp_path / "kernel")
     pm = pl.read_parquet(tmp_path / "kernel/snapshots/x/pagemap.parquet")

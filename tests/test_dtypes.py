@@ -1,7 +1,7 @@
 """Every record layout's size and field offsets, so a change to one is a visible decision."""
 import numpy as np
 
-from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
+from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
 
 
 def offsets(dt):

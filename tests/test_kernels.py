@@ -4,9 +4,9 @@ import numpy as np
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from kernels.constants import HPAGE_PMD_NR, PG_double_map, V4_5, V5
-from kernels.mapcount import mapcount_offset, page_mapcount, total_mapcount
-from vmstate.dtypes import PAGE_BLOCK_DTYPE
+from vmstate.kernels.constants import HPAGE_PMD_NR, PG_double_map, V4_5, V5
+from vmstate.kernels.mapcount import mapcount_offset, page_mapcount, total_mapcount
+from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE
 
 N = HPAGE_PMD_NR
 raw_rows = st.lists(st.integers(-1, 6), min_size=N, max_size=N)

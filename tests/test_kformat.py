@@ -6,7 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from vmstate import api, cli, kformat
+from vmstate.batch import api
+
+from vmstate import cli
+
+from vmstate.io import kformat
 from vmstate.errors import BadInput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,5 +74,5 @@ def test_write_kpage_and_bad_files(tmp_path):
 
 
 def pages_of(result):
-    from vmstate.export import pages_frame
+    from vmstate.io.export import pages_frame
     return pages_frame(result.state)

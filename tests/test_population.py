@@ -3,9 +3,9 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from vmstate import BadInput, MemoryState
-from vmstate.compare import diff_dumps
-from vmstate.population import parse_population, population_program
+from vmstate import BadInput, MemoryState, from_population
+from vmstate.engine.compare import diff_dumps
+from vmstate.engine.population import parse_population, population_program
 
 
 def build_by_ops(table, seed, variant="v5"):
@@ -30,7 +30,7 @@ populations = st.fixed_dictionaries({
 @settings(max_examples=60, deadline=None)
 @given(table=populations, seed=st.integers(0, 2**32), variant=st.sampled_from(["v5", "v4.5"]))
 def test_population_equals_its_program(table, seed, variant):
-    generated = MemoryState.from_population(table, seed=seed, variant=variant)
+    generated = from_population(table, seed=seed, variant=variant)
     generated.validate()
     built = build_by_ops(table, seed, variant)
     a, b = generated.dump(), built.dump()
@@ -41,7 +41,7 @@ def test_population_equals_its_program(table, seed, variant):
 
 def test_population_then_split_matches_program():
     table = {"thps": 20, "shared": 0.2, "pte_mapped": 0.1, "partially_unmapped": 0.05, "pinned": 0.05}
-    generated, built = MemoryState.from_population(table, seed=3), build_by_ops(table, seed=3)
+    generated, built = from_population(table, seed=3), build_by_ops(table, seed=3)
     ra = generated.split("parent", 0x7F0000000000, 20 << 21)
     rb = built.split("parent", 0x7F0000000000, 20 << 21)
     assert ra.reason.tolist() == rb.reason.tolist() and ra.failed == 1
@@ -56,5 +56,5 @@ def test_population_then_split_matches_program():
 ])
 def test_bad_population_names_the_field(table, field):
     with pytest.raises(BadInput) as e:
-        MemoryState.from_population(table)
+        from_population(table)
     assert e.value.field == field

@@ -1,13 +1,13 @@
 """Pins that race the split (the seed's precheck is racy on purpose; the recheck catches the race)."""
 import pytest
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT,
     _PAGE_RW,
 )
 from reference import ReferenceState
 from vmstate import BadInput, MemoryState
-from vmstate.split import Race
+from vmstate.engine.huge_memory import Race
 
 A = 0x7F0000000000
 M2 = 2 << 20
@@ -110,7 +110,7 @@ def test_bad_race_is_bad_input_and_changes_nothing(race, field):
 
 
 def test_race_in_a_scenario_file_is_checked_with_its_line(tmp_path):
-    from vmstate.scenario import load_scenario
+    from vmstate.io.scenario import load_scenario
     f = tmp_path / "s.toml"
     f.write_text('[scenario]\nname = "x"\n\n[[op]]\nop = "mmap"\nmm = "p"\naddr = 0x7f0000000000\n'
                  'len = "2M"\n\n[[op]]\nop = "split"\nmm = "p"\naddr = 0x7f0000000000\nlen = "2M"\n'

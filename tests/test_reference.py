@@ -5,7 +5,7 @@ a change of arithmetic in the oracle shows up here before it shows up as an engi
 """
 import pytest
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
     ANON_FAULT_FLAGS, COSTS, EBUSY, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty, PG_head, PG_locked, PG_lru,
     PG_tail, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, TAIL_MAPPING,

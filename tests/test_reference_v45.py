@@ -7,7 +7,7 @@ PMD's dirtiness. Where v5 gives other raw numbers for the same program, the test
 """
 import pytest
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
     ANON_FAULT_FLAGS, COSTS, EBUSY, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty, PG_head, PG_locked, PG_tail,
     SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, TAIL_MAPPING,
@@ -15,7 +15,7 @@ from kernels.constants import (
 )
 from reference import PG_double_map, PageDoubleMap, ReferenceState, page_mapcount, total_mapcount
 from vmstate.errors import BadInput, CorruptState
-from vmstate.split import Race
+from vmstate.engine.huge_memory import Race
 
 N = HPAGE_PMD_NR
 PAGE = 4096

@@ -5,7 +5,7 @@ No engine needed: everything here is checked before a MemoryState exists."""
 import pytest
 
 from vmstate.errors import BadInput
-from vmstate.scenario import TASK_SIZE, load_scenario
+from vmstate.io.scenario import TASK_SIZE, load_scenario
 
 HEAD = '[scenario]\nname = "t"\nseed = 1\n'  # lines 1-3
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vmstate.runner import run_scenario
-from vmstate.scenario import load_scenario
+from vmstate.batch.runner import run_scenario
+from vmstate.io.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "datasets" / "scenarios"
 

@@ -4,10 +4,10 @@ import hypothesis.strategies as st
 import numpy as np
 from hypothesis import given, settings
 
-from kernels.constants import COSTS, VM_EVENTS
-from kernels.split import split_huge_pages_pid
-from vmstate import MemoryState
-from vmstate.split import rmap_arrays, split_thps, thps_mapped
+from vmstate.kernels.constants import COSTS, VM_EVENTS
+from vmstate.kernels.split import split_huge_pages_pid
+from vmstate import MemoryState, from_population
+from vmstate.engine.huge_memory import rmap_arrays, split_thps, thps_mapped
 
 
 def serial(state, thps):
@@ -36,7 +36,7 @@ tables = st.fixed_dictionaries({
 @settings(max_examples=40, deadline=None)
 @given(table=tables, seed=st.integers(0, 1000))
 def test_drivers_agree(table, seed):
-    states = [MemoryState.from_population(table, seed=seed) for _ in range(3)]
+    states = [from_population(table, seed=seed) for _ in range(3)]
     end = 0x7F0000000000 + (table["thps"] << 21)
     thps = [thps_mapped(s, s.mms["parent"], 0x7F0000000000, end) for s in states]
     r0 = serial(states[0], thps[0])

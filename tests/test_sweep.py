@@ -14,9 +14,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from vmstate import api, cli
+from vmstate.batch import api
+
+from vmstate import cli
 from vmstate.errors import BadInput
-from vmstate.sweep import (
+from vmstate.batch.sweep import (
     TIMING_COLUMNS, build_runs_table, load_sweep, parse_sweep, read_thps, run_shard, run_sweep,
     shard_tasks,
 )

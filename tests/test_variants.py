@@ -24,7 +24,7 @@ import os
 from hypothesis import event
 from hypothesis.stateful import invariant
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, _PAGE_VMS_MIGRATION, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty,
     PG_double_map, PG_head, PG_tail,
 )

@@ -1,4 +1,4 @@
-"""``python -m vmstate``: the command line (see vmstate/cli.py)."""
+"""``python -m vmstate``: the command line (see vmstate/cli/)."""
 
 import sys
 

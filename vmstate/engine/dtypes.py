@@ -6,7 +6,7 @@ instead of 512 interleaved 12-byte records (measured in ``benchmarks/layout_benc
 """
 import numpy as np
 
-from kernels.constants import HPAGE_PMD_NR
+from vmstate.kernels.constants import HPAGE_PMD_NR
 
 N = HPAGE_PMD_NR
 

@@ -2,7 +2,7 @@
 
 A sweep file names a base ``[population]``, the keys to vary (``[grid]``: every combination;
 ``[sample]``: ``n`` random points) and the seeds. Each point × seed is a *run*: generate the
-population from the seed and split every THP the parent maps (what :func:`vmstate.api.population`
+population from the seed and split every THP the parent maps (what :func:`vmstate.batch.api.population`
 builds). A run too large for one machine is cut into ``shards`` THP ranges, each generated and split
 on its own (see :func:`shard_tasks`), its results merged.
 
@@ -13,7 +13,7 @@ on its own (see :func:`shard_tasks`), its results merged.
     seeds = [1, 2, 3]          # or a count: seeds = 3 means 0, 1, 2
     shards = 1                 # THP ranges per run (default 1)
 
-    [population]               # the base: every key of vmstate.population
+    [population]               # the base: every key of vmstate.engine.population
     thps = 100000
     addr = 0x100000000000
     shared = 0.5
@@ -68,10 +68,10 @@ import numba
 import numpy as np
 import polars as pl
 
-from kernels.constants import COSTS, HPAGE_PMD_NR, PAGE_SHIFT, SPLIT_OK, VARIANTS, VM_EVENTS
-from vmstate.dataset import fsync_dir as _fsync_dir
+from vmstate.kernels.constants import COSTS, HPAGE_PMD_NR, PAGE_SHIFT, SPLIT_OK, VARIANTS, VM_EVENTS
+from vmstate.io.dataset import fsync_dir as _fsync_dir
 from vmstate.errors import BadInput, CorruptState
-from vmstate.population import _DEFAULTS, _FRACTIONS, parse_population, population_bytes
+from vmstate.engine.population import _DEFAULTS, _FRACTIONS, parse_population, population_bytes
 
 __all__ = ["Sweep", "RunSpec", "ShardTask", "load_sweep", "parse_sweep", "shard_tasks", "run_shard",
            "run_sweep", "build_runs_table", "read_thps", "TIMING_COLUMNS", "MEAN_COUNTERS"]
@@ -174,7 +174,7 @@ def _hive(v) -> str:
 
 def load_sweep(path) -> Sweep:
     """Read and check a sweep file; BadInput names the file, the table, the key and what was
-    expected. Every run's population is checked too (``vmstate.population``'s rules)."""
+    expected. Every run's population is checked too (``vmstate.engine.population``'s rules)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -263,7 +263,7 @@ def parse_sweep(doc: dict, *, path="<sweep>") -> Sweep:
             fail("split", "unknown key (expected race)", k)
     if "race" in split:
         race = split["race"]
-        from vmstate.api import parse  # the scenario checks, on a one-op program
+        from vmstate.batch.api import parse  # the scenario checks, on a one-op program
         try:
             parse({"scenario": {"name": "race"}, "population": {"thps": 1},
                    "op": [{"op": "split", "mm": "parent", "addr": 0x7F0000000000, "len": "2M",
@@ -358,8 +358,8 @@ _KERNEL_LOCK = threading.Lock()  # one split at a time per process (Dask may run
 
 def run_shard(task: ShardTask) -> tuple[dict, pl.DataFrame]:
     """Generate and split one shard; return its summary (JSON-ready) and per-THP frame."""
-    from vmstate import api
-    from vmstate.population import _draw  # the seed's per-THP choices, for the per-THP columns
+    from vmstate.batch import api
+    from vmstate.engine.population import _draw  # the seed's per-THP choices, for the per-THP columns
 
     pop = parse_population(task.table)
     scn = api.population(**task.table, seed=task.seed, race=task.race, variant=task.run.variant,
@@ -427,7 +427,7 @@ def _warm_dask_worker(dask_worker):
 def _warm(threads: int | None = None):
     if threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    from vmstate import api
+    from vmstate.batch import api
     api.run(api.population(thps=4, shared=0.5, pinned=0.25, pte_mapped=0.25, seed=0))
     return numba.get_num_threads()
 
@@ -576,7 +576,7 @@ def _execute_dask(tasks, scheduler, bar):
 def default_workers(tasks) -> int:
     """As many processes as CPUs, fewer where the largest shard's state (twice, for the split's
     temporaries) would not fit in the memory available to them all."""
-    from vmstate.state import available_memory
+    from vmstate.engine.state import available_memory
     need = max(population_bytes(parse_population(t.table)) for t in tasks) * 2
     return max(1, min(os.cpu_count() or 1, available_memory() // max(need, 1), len(tasks)))
 

@@ -13,7 +13,7 @@ are matched by ``(mm, vaddr)`` and THPs by ``(mm, 2 MiB slot)``:
 - with both ``summary.json``: the ``vm_events`` totals and each ``split`` op's outcome counts.
 
 Where exactly one side is a capture of the running kernel, a difference that one of the documented
-divergences (:mod:`vmstate.divergences`) explains is reported under its name and not counted. A THP
+divergences (:mod:`vmstate.bridge.divergences`) explains is reported under its name and not counted. A THP
 counts as left whole by MADV_COLD (``shared_folio_not_split``) when the capture shows it mapped by
 several processes, or the kernel-run summary records its split as skipped, and the split trigger (from
 the summary or the snapshot's metadata; unknown for a plain capture) was not debugfs. Exit status: 0
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import polars as pl
 
-from kernels.constants import HPAGE_PMD_SIZE, VM_EVENTS
-from vmstate import procfs
-from vmstate.dataset import PAGEMAP, PAGES, SUMMARY, Dataset, freed_frames, read_dataset
-from vmstate.divergences import DIVERGENCES
+from vmstate.kernels.constants import HPAGE_PMD_SIZE, VM_EVENTS
+from vmstate.bridge import procfs
+from vmstate.io.dataset import PAGEMAP, PAGES, SUMMARY, Dataset, freed_frames, read_dataset
+from vmstate.bridge.divergences import DIVERGENCES
 from vmstate.errors import BadInput
 
 FIELDS = ("mapped", "present", "migration", "mapcount", "pmd", "writable", "compound")

@@ -5,7 +5,7 @@ pfn ``p`` is at byte offset ``8 * p``), so tools that read the real files (``pag
 ``tools/mm``, ``pread(fd, &v, 8, pfn * 8)`` scripts) read the simulation unchanged:
 
 - ``kpageflags``: the ``KPF_*`` bits of ``include/uapi/linux/kernel-page-flags.h``, exactly the
-  ``flags`` column of ``pages.parquet`` (:mod:`vmstate.export` builds both from the same bits);
+  ``flags`` column of ``pages.parquet`` (:mod:`vmstate.io.export` builds both from the same bits);
 - ``kpagecount``: ``page_mapcount()`` (``kpagecount_read()``), the ``mapcount`` column.
 
 The files cover pfn 0 up to the highest pfn the run allocated; a frame the run never allocated reads

@@ -1,9 +1,9 @@
 """The simulated memory state: page frames, processes, VMAs, anon_vmas and page tables as arrays.
 
-:class:`MemoryState` owns the structured arrays (``vmstate.dtypes``) and the primitives every operation
+:class:`MemoryState` owns the structured arrays (``vmstate.engine.dtypes``) and the primitives every operation
 is built from — frame allocation, page-table lookups, ``get_page``/``put_page``,
 ``page_remove_rmap``, zaps and ``split_huge_pmd``. The operations themselves (mmap, fork, …, split)
-live in :mod:`vmstate.operations` and are exposed here as methods.
+live in :mod:`vmstate.engine.operations` and are exposed here as methods.
 """
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels import refcount as k_refcount
-from kernels.constants import (
+from vmstate.kernels import refcount as k_refcount
+from vmstate.kernels.constants import (
     COSTS, C_MMU_NOTIFIER, C_PMD_LOCK, EV_THP_DEFERRED_SPLIT_PAGE, FIRST_BLOCK, HPAGE_PMD_NR,
     HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PG_double_map, PG_head, PG_tail, PTE_PFN_MASK,
     PTE_PFN_SHIFT, TAIL_MAPPING, V4_5, VARIANTS, VM_EVENTS, _PAGE_PRESENT, _PAGE_PSE,
 )
-from kernels.pmd import _split_huge_pmd_locked
-from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
+from vmstate.kernels.pmd import _split_huge_pmd_locked
+from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
 
 N = HPAGE_PMD_NR
 _HEAD = 1 << PG_head
@@ -259,7 +259,7 @@ class MemoryState:
         """Install huge PMD ``entry`` at ``haddr`` with its PTE table deposited beside it
         (``pte_alloc_one()`` + ``pgtable_trans_huge_deposit()``: the table split_huge_pmd and the
         freeze later fill). Every huge PMD is installed here, or built with its table by
-        ``vmstate.population``."""
+        ``vmstate.engine.population``."""
         row = self.pmd_row(mm, haddr, create=True)
         self.pmd[row] = entry
         if self.pte_table[row] < 0:
@@ -308,7 +308,7 @@ class MemoryState:
     # ---- processes and VMAs -------------------------------------------------------------------
     def anon_vma_tree(self, anon_vma: int):
         """The VMAs of ``anon_vma`` in interval-tree order (vm_pgoff, then process, then address);
-        the split wrapper queries it for many THPs at once (``vmstate.split.rmap_arrays``)."""
+        the split wrapper queries it for many THPs at once (``vmstate.engine.huge_memory.rmap_arrays``)."""
         return sorted(self.anon_vmas[anon_vma], key=lambda v: (v.vm_pgoff, v.mm.id, v.vm_start))
 
     # ---- views for comparison and export --------------------------------------------------------
@@ -331,7 +331,7 @@ class MemoryState:
 
     def dump(self) -> dict:
         """The plain-Python comparison format of ``docs/semantics.md``."""
-        from vmstate.compare import dump_state
+        from vmstate.engine.compare import dump_state
         return dump_state(self)
 
     def snapshot_summary(self) -> dict:
@@ -343,30 +343,8 @@ class MemoryState:
         return {"thps": thps, "pages_in_use": int(in_use.sum())}
 
     def validate(self):
-        from vmstate.validate import validate_state
+        from vmstate.engine.validate import validate_state
         validate_state(self)
-
-    @classmethod
-    def from_population(cls, table: dict, seed: int = 0, variant: str = "v5") -> "MemoryState":
-        """A state generated from a ``[population]`` table (:mod:`vmstate.population`); refused with
-        the estimate, before allocating, when it would not fit in the memory available."""
-        from vmstate.errors import BadInput
-        from vmstate.population import build_population, parse_population, population_bytes
-        pop = parse_population(table)
-        need, have = population_bytes(pop), available_memory()
-        if need > have:
-            raise BadInput(f"{pop.thps} THPs need about {need / 2**30:.1f} GiB "
-                           f"({need // pop.thps} bytes per THP with its split PTE tables), "
-                           f"{have / 2**30:.1f} GiB is available (ENOMEM)", field="thps")
-        return build_population(cls(variant), pop, seed)
-
-    @classmethod
-    def from_capture(cls, path, *, names: dict | None = None, variant: str = "v5") -> "MemoryState":
-        """A state rebuilt from a state dataset directory (``vmstate capture``, ``kernel-run`` or a
-        simulator snapshot; :mod:`vmstate.capture`), validated; ``state.capture_report`` says what
-        the dataset could not tell (pins). ``names`` renames processes (``{"1234": "parent"}``)."""
-        from vmstate.capture import build_from_capture
-        return build_from_capture(cls(variant), path, names=names)
 
 
 def available_memory() -> int:
@@ -383,7 +361,7 @@ def available_memory() -> int:
 
 
 def _install_operations():
-    from vmstate import operations
+    from vmstate.engine import operations
     for name in operations.__all__:
         setattr(MemoryState, name, getattr(operations, name))
 

@@ -1,8 +1,8 @@
 """``vmstate kernel-run SCENARIO --out DIR``: the scenario's operations on the running kernel, in real
-processes, with each ``snapshot`` captured from ``/proc`` (:mod:`vmstate.capture`) and the
+processes, with each ``snapshot`` captured from ``/proc`` (:mod:`vmstate.bridge.capture`) and the
 ``/proc/vmstat`` ``thp_*`` deltas of every operation.
 
-One worker process (:mod:`vmstate._kworker`) per scenario process: the first ``mmap`` of a name starts
+One worker process (:mod:`vmstate.bridge.kworker`) per scenario process: the first ``mmap`` of a name starts
 one, ``fork`` forks the parent's worker for real, ``exit`` ends it. How each op reaches the kernel:
 
 ============== =======================================================================================
@@ -54,15 +54,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from kernels.constants import HPAGE_PMD_SIZE, VM_EVENTS
-from vmstate import _kworker, procfs
-from vmstate.capture import Target, capture
-from vmstate.dataset import (
+from vmstate.kernels.constants import HPAGE_PMD_SIZE, VM_EVENTS
+from vmstate.bridge import kworker as _kworker, procfs
+from vmstate.bridge.capture import Target, capture
+from vmstate.io.dataset import (
     PAGEMAP, PAGES, TreeWriter, json_writer, parquet_writer, snapshot_totals,
 )
 from vmstate.errors import BadInput
-from vmstate.export import KPF_ANON, KPF_COMPOUND_HEAD
-from vmstate.scenario import Op, Scenario, where
+from vmstate.io.export import KPF_ANON, KPF_COMPOUND_HEAD
+from vmstate.io.scenario import Op, Scenario, where
 
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 DEBUGFS = "/sys/kernel/debug"
@@ -200,10 +200,10 @@ class KernelRun:
                                field="race")
         if self.scenario.population is None:
             return ops
-        from vmstate.population import parse_population, population_program
+        from vmstate.engine.population import parse_population, population_program
         pop = parse_population(self.scenario.population)
         need = pop.thps * HPAGE_PMD_SIZE
-        from vmstate.state import available_memory
+        from vmstate.engine.state import available_memory
         if need > available_memory() // 2:
             raise BadInput(f"{where(self.scenario.path, table='population')}: {pop.thps} THPs are "
                            f"{need / 2**30:.1f} GiB of real memory; at most half of MemAvailable "

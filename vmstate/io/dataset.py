@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from vmstate.errors import BadInput
-from vmstate.export import KPF_ANON, PAGEMAP_SCHEMA, PAGES_SCHEMA
+from vmstate.io.export import KPF_ANON, PAGEMAP_SCHEMA, PAGES_SCHEMA
 
 PAGES, PAGEMAP, SUMMARY = "pages.parquet", "pagemap.parquet", "summary.json"
 NOT_NULL = {PAGES: ("pfn", "flags", "mapcount"),

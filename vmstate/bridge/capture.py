@@ -18,7 +18,7 @@ into the Parquet files' key-value metadata (``vmstate.*`` keys):
   reads as writable; false is exact.
 - ``migration``: a pagemap swap entry of a migration type (27-30); its pfn is the swap offset.
 
-:func:`build_from_capture` (``MemoryState.from_capture``) rebuilds processes, VMAs, THPs, small pages
+:func:`from_capture` rebuilds processes, VMAs, THPs, small pages
 and page tables from such a dataset (or from a simulator snapshot) with the v5 counters the mappings
 imply, validates, and leaves a report of what it could not know in ``state.capture_report``.
 """
@@ -32,16 +32,17 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, PG_double_map, PG_head, PG_locked, PG_tail,
     PTE_PFN_SHIFT, V4_5,
     VM_ANON_DEFAULT, VM_HUGEPAGE, VM_WRITE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE,
     _PAGE_RW,
 )
-from vmstate import procfs
-from vmstate.dataset import PAGEMAP, PAGES, parquet_writer, read_dataset, write_tree
+from vmstate.bridge import procfs
+from vmstate.io.dataset import PAGEMAP, PAGES, parquet_writer, read_dataset, write_tree
+from vmstate.engine.state import MemoryState
 from vmstate.errors import BadInput, CorruptState
-from vmstate.export import (
+from vmstate.io.export import (
     _COPIED, KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, PAGEMAP_SCHEMA, PAGES_SCHEMA,
 )
 
@@ -310,8 +311,11 @@ def _pg_flags(kpf: np.ndarray) -> np.ndarray:
     return out
 
 
-def build_from_capture(state, path, *, names: dict | None = None):
-    """Fill an empty :class:`~vmstate.state.MemoryState` from the dataset at ``path``."""
+def from_capture(path, *, names: dict | None = None, variant: str = "v5") -> MemoryState:
+    """A state rebuilt from a state dataset directory (``vmstate capture``, ``kernel-run`` or a
+    simulator snapshot), validated; ``state.capture_report`` says what the dataset could not tell
+    (pins). ``names`` renames processes (``{"1234": "parent"}``)."""
+    state = MemoryState(variant)
     ds = read_dataset(path)
     loader = _Loader(state, ds, names or {})
     loader.load()
@@ -398,7 +402,7 @@ class _Loader:
 
     def _processes(self, rows):
         state = self.state
-        from vmstate.state import Mm
+        from vmstate.engine.state import Mm
         order = rows["mm"].unique(maintain_order=True).to_list()
         declared = self.ds.meta_json("vmstate.vmas", {}) or {}
         for name in declared:
@@ -414,7 +418,7 @@ class _Loader:
     def _vmas(self, rows, mms):
         """VMAs from the capture's ``vmstate.vmas`` metadata (anonymous private ones), else one
         read-write VMA per run of contiguous mapped pages."""
-        from vmstate.state import Vma
+        from vmstate.engine.state import Vma
         declared = self.ds.meta_json("vmstate.vmas")
         thp_slots = set(zip(*rows.filter(pl.col("head_pfn").is_not_null())
                             .select("mm", "haddr").unique().get_columns())) if rows.height else set()

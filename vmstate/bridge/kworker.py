@@ -1,4 +1,4 @@
-"""One scenario process on the running kernel, driven by ``vmstate kernel-run`` (:mod:`vmstate.kernel_run`).
+"""One scenario process on the running kernel, driven by ``vmstate kernel-run`` (:mod:`vmstate.bridge.kernel_run`).
 
 The controller starts it as a script (``python -S -E _kworker.py FD``), so it imports nothing but the
 standard library and never the vmstate package (numpy, numba and polars would put their own threads

@@ -1,4 +1,4 @@
-"""Run a checked scenario on a fresh :class:`~vmstate.state.MemoryState`, op by op, and collect what
+"""Run a checked scenario on a fresh :class:`~vmstate.engine.state.MemoryState`, op by op, and collect what
 the contract's summary and snapshots need. Nothing here touches the file system."""
 
 import dataclasses
@@ -8,18 +8,19 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from kernels.constants import HPAGE_PMD_SIZE
-from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE
+from vmstate.kernels.constants import HPAGE_PMD_SIZE
+from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE
 from vmstate.errors import BadInput, CorruptState
-from vmstate.export import pagemap_frame, pages_frame
-from vmstate.scenario import Op, Scenario, where
-from vmstate.state import MemoryState
+from vmstate.io.export import pagemap_frame, pages_frame
+from vmstate.io.scenario import Op, Scenario, where
+from vmstate.engine.population import from_population
+from vmstate.engine.state import MemoryState
 
 
 @dataclass
 class RunResult:
     """``summary`` is the contract's summary object (JSON-ready); ``snapshots`` maps each label to its
-    ``(pages, pagemap)`` frames; ``split_results`` the :class:`~vmstate.split.SplitResult` of each
+    ``(pages, pagemap)`` frames; ``split_results`` the :class:`~vmstate.engine.huge_memory.SplitResult` of each
     split op as ``(op index, mm, result)``; ``state`` the final state; ``seconds`` wall time of the
     initial state ("population") and of each op ("op <index>")."""
     summary: dict
@@ -34,7 +35,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
     """Apply ``scenario.ops`` in order. A BadInput or CorruptState from the engine comes back with the
     op's file, index and line in front of its message. ``validate`` runs ``MemoryState.validate()``
     after every op (a debug switch: it walks the whole state). ``initial_state``: start from this
-    state (``MemoryState.from_capture``) instead of an empty one or the ``[population]``."""
+    state (``vmstate.bridge.capture.from_capture``) instead of an empty one or the ``[population]``."""
     _check_fits(scenario)
     if initial_state is not None and scenario.population is not None:
         raise BadInput(f"{where(scenario.path, table='population')}: a run that starts from a "
@@ -94,12 +95,8 @@ def _check_fits(scenario: Scenario):
 def _initial_state(scenario: Scenario, validate: bool):
     if scenario.population is None:
         return MemoryState(scenario.variant)
-    if not hasattr(MemoryState, "from_population"):
-        raise BadInput(f"{where(scenario.path, table='population')}: population is not supported "
-                       f"yet (this engine has no MemoryState.from_population)", field="population")
     try:
-        state = MemoryState.from_population(scenario.population, seed=scenario.seed,
-                                            variant=scenario.variant)
+        state = from_population(scenario.population, seed=scenario.seed, variant=scenario.variant)
         if validate:
             state.validate()
     except (BadInput, CorruptState, MemoryError) as e:

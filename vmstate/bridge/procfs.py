@@ -1,5 +1,5 @@
-"""Readers for the running kernel's ``/proc`` files that :mod:`vmstate.capture` and
-:mod:`vmstate.kernel_run` need: ``/proc/PID/maps``, ``/proc/PID/pagemap`` (and its ``PAGEMAP_SCAN``
+"""Readers for the running kernel's ``/proc`` files that :mod:`vmstate.bridge.capture` and
+:mod:`vmstate.bridge.kernel_run` need: ``/proc/PID/maps``, ``/proc/PID/pagemap`` (and its ``PAGEMAP_SCAN``
 ioctl), ``/proc/kpageflags``, ``/proc/kpagecount`` and ``/proc/vmstat``.
 
 Bit layouts: ``Documentation/admin-guide/mm/pagemap.rst`` and

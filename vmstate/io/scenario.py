@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
-from kernels.constants import PAGE_SIZE, VARIANTS
+from vmstate.kernels.constants import PAGE_SIZE, VARIANTS
 from vmstate.errors import BadInput
 
 MAX_SCENARIO_BYTES = 16 << 20
@@ -125,7 +125,7 @@ def load_scenario(path, *, external_processes: bool = False) -> Scenario:
 def parse_scenario(doc: dict, path="<api>", lines: dict | None = None, *,
                    external_processes: bool = False) -> Scenario:
     """Check a scenario given as the TOML document's Python data (what :func:`load_scenario` does
-    after reading the file; ``vmstate.api.parse`` builds scenarios with it). ``lines``: the header
+    after reading the file; ``vmstate.batch.api.parse`` builds scenarios with it). ``lines``: the header
     lines of ``_header_lines()``, when there is a text to count them in."""
     path = Path(path)
     lines = lines or {"scenario": None, "op": []}
@@ -319,10 +319,10 @@ def _check_label(ctx: _Ctx, key: str, value):
 
 def _check_race(ctx: _Ctx, key: str, value):
     """``race = { pin = "after_precheck", unpin = "never", fraction = 0.5 }`` on a split: GUP pins
-    that race it (``vmstate.split.Race``; which THPs, from the scenario's seed and the op's index)."""
+    that race it (``vmstate.engine.huge_memory.Race``; which THPs, from the scenario's seed and the op's index)."""
     if value is None:
         return None
-    from vmstate.split import Race
+    from vmstate.engine.huge_memory import Race
     if not isinstance(value, dict):
         ctx.expected(key, 'a table like { pin = "after_precheck", unpin = "never", fraction = 0.5 }',
                      value)

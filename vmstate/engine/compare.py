@@ -4,7 +4,7 @@ The reference model (``tests/reference.py``) returns the same structure; tests c
 """
 import numpy as np
 
-from kernels.constants import HPAGE_PMD_NR, PG_head, _PAGE_PRESENT, _PAGE_PSE
+from vmstate.kernels.constants import HPAGE_PMD_NR, PG_head, _PAGE_PRESENT, _PAGE_PSE
 
 N = HPAGE_PMD_NR
 

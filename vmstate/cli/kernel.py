@@ -1,12 +1,12 @@
 """The real-kernel bridge on the command line (installed into ``vmstate.cli``):
 
 - ``vmstate capture --pid [NAME=]PID ... [--range START-END ...] --out DIR``: a live process's state
-  dataset (:mod:`vmstate.capture`);
+  dataset (:mod:`vmstate.bridge.capture`);
 - ``vmstate kernel-run SCENARIO --out DIR [--pin-method vmsplice|io_uring]``: the scenario on the
-  running kernel (:mod:`vmstate.kernel_run`);
-- ``vmstate diff A B [--json] [--disallow NAME]``: two datasets compared (:mod:`vmstate.diff`);
+  running kernel (:mod:`vmstate.bridge.kernel_run`);
+- ``vmstate diff A B [--json] [--disallow NAME]``: two datasets compared (:mod:`vmstate.bridge.diff`);
 - ``vmstate run SCENARIO --from-capture DIR [--rename OLD=NEW]``: the scenario from a captured
-  state (``MemoryState.from_capture``).
+  state (``vmstate.bridge.capture.from_capture``).
 
 Exit status: 0 done (``diff``: no difference beyond the documented divergences), 1 ``diff`` found
 differences, 2 bad input (one line on stderr naming the file and field), 3 corrupt state.
@@ -94,9 +94,9 @@ def initial_state(args, scenario):
             from vmstate.errors import BadInput
             raise BadInput("--rename needs --from-capture", field="rename")
         return None
-    from vmstate.state import MemoryState
+    from vmstate.bridge.capture import from_capture
     names = dict(_rename(r) for r in args.rename)
-    return MemoryState.from_capture(args.from_capture, names=names, variant=scenario.variant)
+    return from_capture(args.from_capture, names=names, variant=scenario.variant)
 
 
 def capture_lines(report: dict) -> list[str]:
@@ -130,7 +130,7 @@ def _rename(text):
 
 
 def _capture(args) -> int:
-    from vmstate.capture import Target, capture, parse_range, write_capture
+    from vmstate.bridge.capture import Target, capture, parse_range, write_capture
     targets = [Target(name, pid) for name, pid in args.pid]
     ranges = [parse_range(r) for r in args.ranges] if args.ranges else None
     c = capture(targets, ranges)
@@ -153,8 +153,8 @@ def _capture(args) -> int:
 
 
 def _kernel_run(args) -> int:
-    from vmstate.kernel_run import kernel_run
-    from vmstate.scenario import load_scenario
+    from vmstate.bridge.kernel_run import kernel_run
+    from vmstate.io.scenario import load_scenario
     summary = kernel_run(load_scenario(args.scenario), args.out, pin_method=args.pin_method)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -174,7 +174,7 @@ def _kernel_run(args) -> int:
 
 
 def _diff(args) -> int:
-    from vmstate.diff import diff, render
+    from vmstate.bridge.diff import diff, render
     res = diff(args.a, args.b, disallow=args.disallow)
     if args.json:
         print(json.dumps(res.as_json(), indent=2))

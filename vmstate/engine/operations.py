@@ -1,4 +1,4 @@
-"""The scenario operations (``../shared/spec/SCENARIOS.md``) over a :class:`~vmstate.state.MemoryState`.
+"""The scenario operations (``../shared/spec/SCENARIOS.md``) over a :class:`~vmstate.engine.state.MemoryState`.
 
 Each is installed as a method of ``MemoryState``. Every check runs before the first change, so bad
 input (:class:`~vmstate.errors.BadInput`) leaves the state untouched. Kernel outcomes (-EBUSY) are
@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     EV_THP_FAULT_ALLOC, HPAGE_PMD_NR,
     HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_head, PTE_PFN_MASK, PTE_PFN_SHIFT,
     ANON_FAULT_FLAGS, PG_tail, V5, VM_ANON_DEFAULT, VM_HUGEPAGE, VM_WRITE, _PAGE_ACCESSED, _PAGE_DIRTY,
     _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.errors import BadInput
-from vmstate.split import Race, SplitResult, split_thps, thps_mapped
-from vmstate.state import Mm, Vma
+from vmstate.engine.huge_memory import Race, SplitResult, split_thps, thps_mapped
+from vmstate.engine.state import Mm, Vma
 
 __all__ = ["mmap", "fork", "exit", "munmap", "madvise_dontneed", "mprotect", "pin", "unpin",
            "split_pmd", "split"]
@@ -336,8 +336,8 @@ def split_pmd(self, mm, addr):
 
 def split(self, mm, addr, length, race: Race | None = None) -> SplitResult:
     """debugfs ``split_huge_pages`` on ``[addr, addr + len)`` of a process: each THP mapped there once,
-    by lowest address, through ``split_huge_page_to_list(head, NULL)`` (:mod:`vmstate.split`).
-    ``race``: GUP pins that race the split (:class:`vmstate.split.Race`)."""
+    by lowest address, through ``split_huge_page_to_list(head, NULL)`` (:mod:`vmstate.engine.huge_memory`).
+    ``race``: GUP pins that race the split (:class:`vmstate.engine.huge_memory.Race`)."""
     m = _live_mm(self, mm)
     end = _check_range(addr, length)
     if race is not None:

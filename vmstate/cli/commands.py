@@ -1,6 +1,6 @@
 """``vmstate run SCENARIO [--out DIR [--kpage]] [--json] [--validate]`` (the contract in
-``SCENARIOS.md``), ``vmstate sweep SWEEP --out DIR`` (:mod:`vmstate.sweep`) and ``vmstate plot DIR``
-(:mod:`vmstate.plot`).
+``SCENARIOS.md``), ``vmstate sweep SWEEP --out DIR`` (:mod:`vmstate.batch.sweep`) and ``vmstate plot DIR``
+(:mod:`vmstate.batch.plot`).
 
 Exit status: 0 the scenario ran (failed splits are outcomes, not errors), 2 bad input (one line on
 stderr), 3 the state was found corrupt (the kernel's BUG() path). Only a run that succeeded writes, and
@@ -14,13 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-from kernels.constants import VARIANTS
-from vmstate import cli_kernel
-from vmstate.dataset import PAGEMAP, PAGES, SUMMARY, json_writer, parquet_writer, write_tree
+from vmstate.kernels.constants import VARIANTS
+from vmstate.cli import kernel as cli_kernel
+from vmstate.io.dataset import PAGEMAP, PAGES, SUMMARY, json_writer, parquet_writer, write_tree
 from vmstate.errors import BadInput, CorruptState
-from vmstate.kformat import KPAGECOUNT, KPAGEFLAGS, kpage_arrays, write_u64
-from vmstate.runner import RunResult, run_scenario
-from vmstate.scenario import load_scenario
+from vmstate.io.kformat import KPAGECOUNT, KPAGEFLAGS, kpage_arrays, write_u64
+from vmstate.batch.runner import RunResult, run_scenario
+from vmstate.io.scenario import load_scenario
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_CORRUPT = 0, 2, 3
 
@@ -70,7 +70,7 @@ def _report_corrupt(e: CorruptState):
 def _sweep(args) -> int:
     """``vmstate sweep``: exit 0 every run is done, 2 bad input (the sweep file, DIR, or a run the
     engine refused), 3 a run found corrupt state, 130 interrupted (run the command again to go on)."""
-    from vmstate.sweep import load_sweep, run_sweep
+    from vmstate.batch.sweep import load_sweep, run_sweep
     sweep = load_sweep(args.sweep)
     if args.out.exists() and not args.out.is_dir():
         raise BadInput(f"--out {args.out}: not a directory (ENOTDIR)", field="out")
@@ -93,7 +93,7 @@ def _sweep(args) -> int:
 
 
 def _plot(args) -> int:
-    from vmstate.plot import DEFAULT_METRICS, plot_sweep
+    from vmstate.batch.plot import DEFAULT_METRICS, plot_sweep
     for path in plot_sweep(args.dir, out=args.out, metrics=args.y or DEFAULT_METRICS):
         print(path)
     return EXIT_OK
@@ -208,9 +208,9 @@ def _check_out(out: Path):
 
 
 def write_outputs(result: RunResult, out: Path, *, kpage: bool = False):
-    """Write the run's files under ``out`` (:func:`vmstate.dataset.write_tree`): a run killed
+    """Write the run's files under ``out`` (:func:`vmstate.io.dataset.write_tree`): a run killed
     half-way leaves at most a hidden ``.tmp-*`` directory, never a partial file under a final name.
-    ``kpage``: each snapshot also as ``kpageflags`` and ``kpagecount`` (:mod:`vmstate.kformat`)."""
+    ``kpage``: each snapshot also as ``kpageflags`` and ``kpagecount`` (:mod:`vmstate.io.kformat`)."""
     files = []
     for label, (pages, pagemap) in result.snapshots.items():
         files.append((Path("snapshots", label, PAGES), parquet_writer(pages)))

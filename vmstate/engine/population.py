@@ -35,15 +35,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH,
     EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PMD, HPAGE_PMD_NR,
     HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_dirty, PG_double_map, PG_head, PG_tail, PTE_PFN_SHIFT, V4_5,
     VM_ANON_DEFAULT,
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
-from kernels.pmd import populate_pte_tables
-from vmstate.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
+from vmstate.kernels.pmd import populate_pte_tables
+from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
 from vmstate.errors import BadInput
 
 N = HPAGE_PMD_NR
@@ -169,9 +169,22 @@ def population_program(pop: Population, seed: int) -> list[tuple]:
     return prog
 
 
+def from_population(table: dict, seed: int = 0, variant: str = "v5"):
+    """A :class:`~vmstate.engine.state.MemoryState` generated from a ``[population]`` table; refused
+    with the estimate, before allocating, when it would not fit in the memory available."""
+    from vmstate.engine.state import MemoryState, available_memory
+    pop = parse_population(table)
+    need, have = population_bytes(pop), available_memory()
+    if need > have:
+        raise BadInput(f"{pop.thps} THPs need about {need / 2**30:.1f} GiB "
+                       f"({need // pop.thps} bytes per THP with its split PTE tables), "
+                       f"{have / 2**30:.1f} GiB is available (ENOMEM)", field="thps")
+    return build_population(MemoryState(variant), pop, seed)
+
+
 def build_population(state, pop: Population, seed: int):
-    """Fill an empty :class:`~vmstate.state.MemoryState` with the population, as arrays."""
-    from vmstate.state import Mm, Vma
+    """Fill an empty :class:`~vmstate.engine.state.MemoryState` with the population, as arrays."""
+    from vmstate.engine.state import Mm, Vma
 
     d = _draw(pop, seed)
     n, s, k = pop.thps, pop.nshared, pop.unmapped_subpages

@@ -6,7 +6,7 @@ operation, ``vmstate run --validate`` does too.
 """
 import numpy as np
 
-from kernels.constants import (
+from vmstate.kernels.constants import (
     HPAGE_PMD_NR, PG_double_map, V4_5, PG_head, PG_hwpoison, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT,
     _PAGE_PSE, _PAGE_VMS_MIGRATION,
 )
@@ -77,7 +77,7 @@ def validate_page_tables(state, entries=None):
 
 def mapcount_offsets(state):
     """Per block, 1 where every subpage's raw ``_mapcount`` carries the offset
-    (``kernels.mapcount.mapcount_offset``): v5 while PMD-mapped, 4.5 while PG_double_map."""
+    (``vmstate.kernels.mapcount.mapcount_offset``): v5 while PMD-mapped, 4.5 while PG_double_map."""
     a = state.blocks.a
     compound = (a["flags"][:, 0] & _HEAD) != 0
     if state.variant == V4_5:
