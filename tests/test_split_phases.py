@@ -18,7 +18,7 @@ def serial(state, thps):
     split_huge_pages_pid(thps, ptr, rows, lo, hi, write, state.blocks.a, state.pmds.a,
                          state.tables.a, ret, reason, costs, events, np.zeros(4, np.int64), none, none,
                          state.variant)
-    state._costs += costs
+    state.cost_counters += costs
     state.events += events
     return reason
 

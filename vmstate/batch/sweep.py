@@ -71,17 +71,17 @@ import polars as pl
 from vmstate.kernels.constants import COSTS, HPAGE_PMD_NR, PAGE_SHIFT, SPLIT_OK, VARIANTS, VM_EVENTS
 from vmstate.io.dataset import fsync_dir as _fsync_dir
 from vmstate.errors import BadInput, CorruptState
-from vmstate.engine.population import _DEFAULTS, _FRACTIONS, parse_population, population_bytes
+from vmstate.engine.population import DEFAULTS, FRACTIONS, parse_population, population_bytes
 
 __all__ = ["Sweep", "RunSpec", "ShardTask", "load_sweep", "parse_sweep", "shard_tasks", "run_shard",
            "run_sweep", "build_runs_table", "read_thps", "TIMING_COLUMNS", "MEAN_COUNTERS"]
 
 SWEEP_TABLES = ("sweep", "population", "grid", "sample", "split")
 SWEEP_KEYS = {"name": None, "seeds": [0], "shards": 1}
-INT_KEYS = tuple(k for k in _DEFAULTS if k not in _FRACTIONS)   # thps, mappers, ... addr
-FLOAT_KEYS = _FRACTIONS                                           # shared, pte_mapped, ...
+INT_KEYS = tuple(k for k in DEFAULTS if k not in FRACTIONS)   # thps, mappers, ... addr
+FLOAT_KEYS = FRACTIONS                                           # shared, pte_mapped, ...
 # What a run varies: the [population] keys and the refcounting design ([scenario] variant).
-PARAM_DEFAULTS = {**_DEFAULTS, "variant": "v5"}
+PARAM_DEFAULTS = {**DEFAULTS, "variant": "v5"}
 MEAN_COUNTERS = (*COSTS, "thp_split_pmd")  # per failed / per succeeded THP means in runs.parquet
 # runs.parquet columns that measure the machine, not the simulation: left out of comparisons
 TIMING_COLUMNS = ("generate_us", "split_us", "us_per_thp_split", "wall_us", "threads", "host")
@@ -244,8 +244,8 @@ def parse_sweep(doc: dict, *, path="<sweep>") -> Sweep:
             fail("sample", f"expected an integer >= 0, got {sseed!r}", "seed")
         ranges = {}
         for k, r in raw.items():
-            if k not in _DEFAULTS:
-                fail("sample", f"unknown key (expected n, seed or one of {', '.join(_DEFAULTS)}; "
+            if k not in DEFAULTS:
+                fail("sample", f"unknown key (expected n, seed or one of {', '.join(DEFAULTS)}; "
                                f"variant only on the grid)", k)
             if not isinstance(r, list) or len(r) != 2:
                 fail("sample", f"expected a range [lo, hi], got {r!r}", k)
@@ -359,7 +359,7 @@ _KERNEL_LOCK = threading.Lock()  # one split at a time per process (Dask may run
 def run_shard(task: ShardTask) -> tuple[dict, pl.DataFrame]:
     """Generate and split one shard; return its summary (JSON-ready) and per-THP frame."""
     from vmstate.batch import api
-    from vmstate.engine.population import _draw  # the seed's per-THP choices, for the per-THP columns
+    from vmstate.engine.population import draw  # the seed's per-THP choices, for the per-THP columns
 
     pop = parse_population(task.table)
     scn = api.population(**task.table, seed=task.seed, race=task.race, variant=task.run.variant,
@@ -369,7 +369,7 @@ def run_shard(task: ShardTask) -> tuple[dict, pl.DataFrame]:
         r = api.run(scn)
         wall = time.perf_counter() - t0
     (op, _, res), = r.split_results
-    d = _draw(pop, task.seed)
+    d = draw(pop, task.seed)
     # Population THP j is mapped at addr + j * 2M: page->index of its head is that >> PAGE_SHIFT.
     index = r.state.blocks.a["index"][res.heads // HPAGE_PMD_NR].astype(np.int64)
     local = (index - (pop.addr >> PAGE_SHIFT)) // HPAGE_PMD_NR
@@ -667,7 +667,7 @@ class _Lock:
 
 def runs_schema() -> dict:
     schema = {"run": pl.String, "origin": pl.String, "variant": pl.String}
-    schema |= {k: (pl.Float64 if k in FLOAT_KEYS else pl.Int64) for k in _DEFAULTS}
+    schema |= {k: (pl.Float64 if k in FLOAT_KEYS else pl.Int64) for k in DEFAULTS}
     schema |= {"seed": pl.Int64, "shards": pl.Int64, "race_pin": pl.String,
                "race_unpin": pl.String, "race_fraction": pl.Float64}
     schema |= {k: pl.Int64 for k in ("attempted", "succeeded", "failed")}
@@ -716,7 +716,7 @@ def _merge(parts: list[dict]) -> dict:
     race = s0["race"] or {}
     row = {"_index": s0["index"], "run": s0["run"], "origin": s0["origin"],
            "variant": s0["variant"],
-           **{k: s0["population"].get(k, _DEFAULTS[k]) for k in _DEFAULTS},
+           **{k: s0["population"].get(k, DEFAULTS[k]) for k in DEFAULTS},
            "seed": s0["seed"], "shards": s0["shards"], "race_pin": race.get("pin"),
            "race_unpin": race.get("unpin"), "race_fraction": race.get("fraction")}
     for k in ("attempted", "succeeded", "failed"):

@@ -43,7 +43,7 @@ from vmstate.io.dataset import PAGEMAP, PAGES, parquet_writer, read_dataset, wri
 from vmstate.engine.state import MemoryState
 from vmstate.errors import BadInput, CorruptState
 from vmstate.io.export import (
-    _COPIED, KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, PAGEMAP_SCHEMA, PAGES_SCHEMA,
+    PG_TO_KPF, KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_THP, PAGEMAP_SCHEMA, PAGES_SCHEMA,
 )
 
 N = HPAGE_PMD_NR
@@ -298,7 +298,7 @@ def parse_range(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 # Loading a dataset into the engine
 
-_KPF_TO_PG = [(pg, kp) for pg, kp in _COPIED if pg not in (PG_head, PG_tail, PG_locked)]
+_KPF_TO_PG = [(pg, kp) for pg, kp in PG_TO_KPF if pg not in (PG_head, PG_tail, PG_locked)]
 _ENTRY = _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY
 
 

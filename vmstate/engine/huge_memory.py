@@ -210,7 +210,7 @@ def _record_held_pins(state, mm, thps, reason, race_pin, race_unpin):
 
 
 def _reduce(state, costs, events):
-    state._costs += costs.sum(axis=0)
+    state.cost_counters += costs.sum(axis=0)
     state.events += events.sum(axis=0)
 
 

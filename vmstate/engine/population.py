@@ -48,8 +48,8 @@ from vmstate.errors import BadInput
 
 N = HPAGE_PMD_NR
 USER_TOP = 1 << 47
-_FRACTIONS = ("shared", "pte_mapped", "partially_unmapped", "pinned")
-_DEFAULTS = {"thps": None, "shared": 0.0, "mappers": 2, "pte_mapped": 0.0, "partially_unmapped": 0.0,
+FRACTIONS = ("shared", "pte_mapped", "partially_unmapped", "pinned")
+DEFAULTS = {"thps": None, "shared": 0.0, "mappers": 2, "pte_mapped": 0.0, "partially_unmapped": 0.0,
              "unmapped_subpages": 128, "pinned": 0.0, "pins": 1, "addr": 0x7F0000000000}
 
 
@@ -74,11 +74,11 @@ def parse_population(table: dict) -> Population:
     """Check the ``[population]`` table; BadInput names the field and what was expected."""
     if not isinstance(table, dict):
         raise BadInput("expected a table", field="population")
-    unknown = sorted(set(table) - set(_DEFAULTS))
+    unknown = sorted(set(table) - set(DEFAULTS))
     if unknown:
-        raise BadInput(f"unknown key {unknown[0]!r} (expected one of {', '.join(_DEFAULTS)})",
+        raise BadInput(f"unknown key {unknown[0]!r} (expected one of {', '.join(DEFAULTS)})",
                        field=unknown[0])
-    p = {**_DEFAULTS, **table}
+    p = {**DEFAULTS, **table}
     if p["thps"] is None:
         raise BadInput("missing: the number of THPs to generate", field="thps")
 
@@ -92,7 +92,7 @@ def parse_population(table: dict) -> Population:
     integer("unmapped_subpages", 1, N - 1)
     integer("pins", 1, 1 << 20)
     integer("addr", 1, USER_TOP - 1)
-    for k in _FRACTIONS:
+    for k in FRACTIONS:
         v = p[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise BadInput(f"expected a fraction in [0, 1], got {v!r}", field=k)
@@ -105,7 +105,7 @@ def parse_population(table: dict) -> Population:
                        field="thps")
     if p["shared"] and p["mappers"] < 2:
         raise BadInput("shared THPs need mappers >= 2", field="mappers")
-    return Population(**{k: p[k] for k in _DEFAULTS})
+    return Population(**{k: p[k] for k in DEFAULTS})
 
 
 def population_bytes(pop: Population) -> int:
@@ -117,7 +117,7 @@ def population_bytes(pop: Population) -> int:
 
 
 @dataclass
-class _Draw:
+class Draw:
     """The seed's choices, one array per property (length ``thps``)."""
     mappers: np.ndarray
     pte: np.ndarray
@@ -127,7 +127,7 @@ class _Draw:
     pin_page: np.ndarray    # the pinned subpage (outside the zapped range)
 
 
-def _draw(pop: Population, seed: int) -> _Draw:
+def draw(pop: Population, seed: int) -> Draw:
     rng = np.random.default_rng(seed)
     n = pop.thps
 
@@ -142,12 +142,12 @@ def _draw(pop: Population, seed: int) -> _Draw:
     q = np.where(partial, rng.integers(0, N - k, n), rng.integers(0, N, n))
     pin_page = np.where(partial & (q >= offset), q + k, q)
     mappers = np.where(np.arange(n) < pop.nshared, pop.mappers, 1)
-    return _Draw(mappers, pte, partial, offset, pinned, pin_page)
+    return Draw(mappers, pte, partial, offset, pinned, pin_page)
 
 
 def population_program(pop: Population, seed: int) -> list[tuple]:
     """The operation program whose result :func:`build_population` generates: ``(op, *args)``."""
-    d = _draw(pop, seed)
+    d = draw(pop, seed)
     s, a, two = pop.nshared, pop.addr, HPAGE_PMD_SIZE
     children = [f"child{c}" for c in range(1, pop.mappers)] if s else []
     prog = []
@@ -186,7 +186,7 @@ def build_population(state, pop: Population, seed: int):
     """Fill an empty :class:`~vmstate.engine.state.MemoryState` with the population, as arrays."""
     from vmstate.engine.state import Mm, Vma
 
-    d = _draw(pop, seed)
+    d = draw(pop, seed)
     n, s, k = pop.thps, pop.nshared, pop.unmapped_subpages
     m = d.mappers
     # Per THP: PMD mappings left (P) and PTE mappings of every subpage before the zap (T).
@@ -260,8 +260,8 @@ def build_population(state, pop: Population, seed: int):
     state.events[EV_THP_SPLIT_PMD] += splits
     state.events[EV_THP_DEFERRED_SPLIT_PAGE] += int(blocks["deferred"].sum())
     for c in (C_PMD_LOCK, C_MMU_NOTIFIER, C_TLB_FLUSH):
-        state._costs[c] += splits
-    state._costs[C_PTE_WRITE] += splits * N
+        state.cost_counters[c] += splits
+    state.cost_counters[C_PTE_WRITE] += splits * N
 
     pin_pfns = heads[d.pinned] + d.pin_page[d.pinned]
     for pfn, page in zip(pin_pfns.tolist(), (haddr[d.pinned] + d.pin_page[d.pinned] * PAGE_SIZE).tolist()):

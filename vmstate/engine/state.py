@@ -126,7 +126,7 @@ class MemoryState:
         self.anon_vmas: list[list[Vma]] = []
         self.pins: dict[tuple, list[np.ndarray]] = {}
         self.events = np.zeros(len(VM_EVENTS), np.int64)
-        self._costs = np.zeros(len(COSTS), np.int64)
+        self.cost_counters = np.zeros(len(COSTS), np.int64)
         self.validate_after_ops = False
 
     # ---- counters -------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class MemoryState:
 
     @property
     def costs(self) -> dict:
-        return {name: int(v) for name, v in zip(COSTS, self._costs)}
+        return {name: int(v) for name, v in zip(COSTS, self.cost_counters)}
 
     # ---- field views (re-read after every allocation: arrays grow) ----------------------------
     @property
@@ -190,7 +190,7 @@ class MemoryState:
         np.add.at(self._count, (b, h), 1)
 
     def put_pages(self, pfns):
-        k_refcount.put_pages(self.blocks.a, np.ascontiguousarray(pfns, np.int64), self._costs)
+        k_refcount.put_pages(self.blocks.a, np.ascontiguousarray(pfns, np.int64), self.cost_counters)
 
     def deferred_split_huge_page(self, b):
         """Mirror of v5 ``deferred_split_huge_page()``; counted once per THP (MODEL.md)."""
@@ -250,9 +250,9 @@ class MemoryState:
     def split_huge_pmd(self, row):
         """Mirror of v5 ``split_huge_pmd()`` (not freeze) on the huge PMD entry ``row``."""
         b = int((int(self.pmd[row]) & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // N
-        self._costs[C_PMD_LOCK] += 1
-        self._costs[C_MMU_NOTIFIER] += 1
-        _split_huge_pmd_locked(self.pmds.a, self.tables.a, row, self.blocks.a, b, False, self._costs,
+        self.cost_counters[C_PMD_LOCK] += 1
+        self.cost_counters[C_MMU_NOTIFIER] += 1
+        _split_huge_pmd_locked(self.pmds.a, self.tables.a, row, self.blocks.a, b, False, self.cost_counters,
                                self.events, self.variant)
 
     def set_huge_pmd(self, mm: Mm, haddr: int, entry: int):

@@ -24,7 +24,7 @@ KPF_NOPAGE, KPF_KSM, KPF_THP = 20, 21, 22
 KPF_MLOCKED = 33
 
 # (PG bit, KPF bit) copied straight from the page's own flags (fs/proc/page.c:stable_page_flags).
-_COPIED = [(PG_locked, KPF_LOCKED), (PG_error, KPF_ERROR), (PG_referenced, KPF_REFERENCED),
+PG_TO_KPF = [(PG_locked, KPF_LOCKED), (PG_error, KPF_ERROR), (PG_referenced, KPF_REFERENCED),
            (PG_uptodate, KPF_UPTODATE), (PG_dirty, KPF_DIRTY), (PG_lru, KPF_LRU),
            (PG_active, KPF_ACTIVE), (PG_slab, KPF_SLAB), (PG_writeback, KPF_WRITEBACK),
            (PG_reclaim, KPF_RECLAIM), (PG_swapcache, KPF_SWAPCACHE),
@@ -60,7 +60,7 @@ def page_columns(state):
     mapping, _ = state.page_mapping_index()
     anon = np.where(thp, a["mapping"][b] >= 0, mapping[b, i] >= 0) & (refcount > 0)
     kpf = np.zeros(len(pfn), np.uint64)
-    for pg, kp in _COPIED:
+    for pg, kp in PG_TO_KPF:
         kpf |= ((flags >> np.uint64(pg)) & np.uint64(1)) << np.uint64(kp)
     mapped = np.where(thp, total > 0, mapcount > 0)
     kpf |= mapped.astype(np.uint64) << np.uint64(KPF_MMAP)
