@@ -9,8 +9,6 @@ One JSON line (or a readable block) per configuration, each run in its own subpr
 
 - a ``[population]`` of ``--thps`` THPs is generated (``population_s``) and split end to end with
   the ``split`` op (page walk, rmap arrays, fused prange kernel): ``split_s``, ``us_per_thp``;
-- a second, identical population is split phase by phase (``phase_s``: precheck, freeze, recheck,
-  tail split, unfreeze, put — each phase streams every THP, so they add up to more than ``split_s``);
 - ``bytes_per_thp``: bytes the split reads and writes per THP (page records and PTE tables), and
   ``roofline_us_per_thp`` = that / the streaming copy bandwidth measured in the same run;
 - ``reference_us_per_thp``: the pure-Python reference model (tests/reference.py) on ``--ref-thps``;
@@ -91,16 +89,6 @@ def run_one(config, thps, ref_thps, kernel_thps, prefault):
     out["bytes_per_thp"] = round(nbytes / thps)
     out["roofline_us_per_thp"] = round(nbytes / thps / bw * 1e6, 3)
     out["ratio_to_roofline"] = round(out["us_per_thp"] / out["roofline_us_per_thp"], 2)
-    del state, res
-    gc.collect()  # Mm <-> Vma reference cycles: free the first state before building the second
-
-    state = from_population(table, seed=1)
-    from vmstate.engine.huge_memory import split_thps, thps_mapped
-    t = time.perf_counter()
-    blocks = thps_mapped(state, state.mms["parent"], ADDR, ADDR + (thps << 21))
-    walk = time.perf_counter() - t
-    res = split_thps(state, blocks, phased=True)
-    out["phase_s"] = {"page_walk": round(walk, 4), **{k: round(v, 4) for k, v in res.seconds.items()}}
     del state, res
     out["peak_rss_bytes"] = peak_rss_bytes()
     out["peak_rss_bytes_per_thp"] = round(out["peak_rss_bytes"] / thps)

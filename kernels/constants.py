@@ -94,10 +94,9 @@ VM_ANON_DEFAULT = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | V
 
 EBUSY = 16
 
-# Refcounting variants (issue 7): the v5 patch series this project follows, and mainline 4.5.
-V5 = 0
-V4_5 = 1
-VARIANTS = {"v5": V5, "v4.5": V4_5}
+# Refcounting variants: the v5 patch series this project follows (the default), and mainline 4.5.
+# Each is a module of kernels (vmstate.kernels.v5, .v4_5) built in vmstate.kernels.variants.
+VARIANTS = ("v5", "v4.5")
 
 # Why a split failed (per THP result array).
 SPLIT_OK = 0

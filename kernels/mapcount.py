@@ -1,29 +1,20 @@
 """Mapcount arithmetic of the THP refcounting (``mm/huge_memory.c``, ``include/linux/mm.h``).
 
 Mapcounts are stored biased (raw -1 = unmapped). A THP's subpages' raw ``_mapcount`` may carry +1
-that is not a PTE mapping — the *offset* — which both functions below remove again:
-
-- v5 (the patch series, MODEL.md): permanently while the THP is PMD-mapped (compound_mapcount > 0);
-- mainline 4.5: only while ``PG_double_map`` is set (mapped by PMDs and PTEs at once).
+that is not a PTE mapping — the *offset* — which the readers below remove again. When a variant
+sets it is the variant's ``mapcount_offset()`` (:mod:`vmstate.kernels.v5`: permanently while the
+THP is PMD-mapped; :mod:`vmstate.kernels.v4_5`: only while ``PG_double_map`` is set).
 """
-from numba import njit
+from numba import njit, prange
 
-from vmstate.kernels.constants import HPAGE_PMD_NR, PG_double_map, V4_5
+from vmstate.kernels.constants import HPAGE_PMD_NR, PG_head
+from vmstate.kernels.per_variant import mapcount_offset, mapcount_offset_for, per_variant
 
 
 @njit(cache=True, inline="always")
 def compound_mapcount(compound_mapcount_raw):
     """Mirror of ``compound_mapcount()``: PMD mappings of the THP (raw + 1, kept in ``page[1]``)."""
     return compound_mapcount_raw + 1
-
-
-@njit(cache=True, inline="always")
-def mapcount_offset(page, variant):
-    """1 when every subpage's raw ``_mapcount`` of the THP in block record ``page`` carries the
-    offset: v5 while ``compound_mapcount() > 0``, 4.5 while ``PageDoubleMap()`` (on ``page[1]``)."""
-    if variant == V4_5:
-        return 1 if page["flags"][1] & (1 << PG_double_map) else 0
-    return 1 if page["compound_mapcount"] >= 0 else 0
 
 
 @njit(cache=True, inline="always")
@@ -48,3 +39,21 @@ def total_mapcount(_mapcount, compound_mapcount_raw, offset):
     if offset:
         ret -= HPAGE_PMD_NR
     return ret
+
+
+@per_variant(parallel=True)
+def mapcount_offsets(blocks, out):
+    """``out[b]`` = the variant's ``mapcount_offset()`` of every THP (0 for other blocks): what the
+    validators and the dataset export subtract."""
+    for b in prange(blocks.shape[0]):
+        page = blocks[b]
+        out[b] = mapcount_offset(page) if page["flags"][0] & (1 << PG_head) else 0
+
+
+@per_variant(parallel=True)
+def set_mapcount_offsets(blocks, b0, pmd_maps, pte_maps, out):
+    """A generated population (``vmstate.engine.population``): per THP ``k`` in block ``b0 + k``,
+    ``out[k]`` = the offset it carries when ``pmd_maps[k]`` PMDs and ``pte_maps[k]`` PTE mappings
+    per subpage map it (the variant's ``mapcount_offset_for()``, which sets its flag)."""
+    for k in prange(pmd_maps.shape[0]):
+        out[k] = mapcount_offset_for(blocks[b0 + k], pmd_maps[k], pte_maps[k])

@@ -1,94 +1,110 @@
-"""Splitting a huge PMD into a PTE table (v5 ``mm/huge_memory.c:__split_huge_pmd_locked()``).
+"""Huge PMDs (``mm/huge_memory.c``): the fault that installs one, ``copy_huge_pmd()``,
+``zap_huge_pmd()`` and ``__split_huge_pmd_locked()``. The counts the PMD split changes are the
+variant's (``split_huge_pmd_counts()``, :mod:`vmstate.kernels.per_variant`).
 
-Kernels take the structured arrays themselves (``vmstate.engine.dtypes``) and index one record at a time:
-numba types a record's 512-entry field as a contiguous array, which the SIMD loops need (a 2-D
+Kernels take the structured arrays themselves (``vmstate.engine.dtypes``) and index one record at a
+time: numba types a record's 512-entry field as a contiguous array, which the SIMD loops need (a 2-D
 field view of the same memory is strided and ran ~7x slower, ``benchmarks/layout_bench.py``).
 """
 from numba import njit, prange
 
 from vmstate.kernels.constants import (
-    HPAGE_PMD_NR, PG_dirty, PG_double_map, PTE_PFN_MASK, PTE_PFN_SHIFT, V4_5, V5, _PAGE_ACCESSED, _PAGE_DIRTY,
-    _PAGE_PRESENT, _PAGE_RW, _PAGE_VMS_MIGRATION, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_SPLIT_PMD,
+    ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_FAULT_ALLOC,
+    EV_THP_SPLIT_PMD, HPAGE_PMD_NR, PG_dirty, PG_head, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT,
+    _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, _PAGE_VMS_MIGRATION,
 )
-from vmstate.kernels.refcount import page_remove_rmap_pte
+from vmstate.kernels.per_variant import (
+    SPLIT_PMD_PTE_DIRTY, SPLIT_PMD_SETS_PAGE_DIRTY, page_add_new_anon_rmap,
+    page_remove_anon_compound_rmap, per_variant, split_huge_pmd_counts,
+)
+from vmstate.kernels.refcount import get_page, put_page
 
-_DOUBLE_MAP = 1 << PG_double_map
-_NOT_DOUBLE_MAP = 0xFFFFFFFF ^ _DOUBLE_MAP
+_NOT_RW = 0xFFFFFFFFFFFFFFFF ^ _PAGE_RW
+_NOT_ACCESSED = 0xFFFFFFFFFFFFFFFF ^ _PAGE_ACCESSED
+
+
+@njit(cache=True, inline="always")
+def pmd_block(entry):
+    """The block (THP) a huge PMD entry maps: ``pmd_pfn(entry) / HPAGE_PMD_NR``."""
+    return ((entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // HPAGE_PMD_NR
+
+
+@per_variant()
+def do_huge_pmd_anonymous_page(blocks, b, events):
+    """The page side of ``do_huge_pmd_anonymous_page()`` for the new THP in block ``b`` (the
+    caller installs the PMD): ``prep_transhuge_page()``, the fault's flags
+    (``__SetPageUptodate``, ``lru_cache_add_active_or_unevictable``), one reference, and
+    ``page_add_new_anon_rmap(page, compound)``."""
+    page = blocks[b]
+    flags = page["flags"]
+    flags[0] = (1 << PG_head) | ANON_FAULT_FLAGS
+    for i in range(1, HPAGE_PMD_NR):
+        flags[i] = 1 << PG_tail
+    page["_count"][0] = 1
+    page_add_new_anon_rmap(page)
+    events[EV_THP_FAULT_ALLOC] += 1
 
 
 @njit(cache=True)
-def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events, variant=V5):
+def copy_huge_pmd(pmds, src, dst, blocks):
+    """Mirror of ``copy_huge_pmd()`` from PMD entry ``src`` to ``dst`` (the child's, its table
+    deposited by the caller): get_page + ``page_dup_rmap(page, compound)``; both entries
+    write-protected (``pmdp_set_wrprotect``), the child's old (``pmd_mkold``)."""
+    entry = pmds[src]["pmd"] & _NOT_RW
+    b = pmd_block(entry)
+    get_page(blocks, b, 0)
+    blocks[b]["compound_mapcount"] += 1
+    pmds[src]["pmd"] = entry
+    pmds[dst]["pmd"] = entry & _NOT_ACCESSED
+
+
+@per_variant()
+def zap_huge_pmd(pmds, row, blocks, costs, events):
+    """Mirror of ``zap_huge_pmd()``: clear the entry (its deposited table is freed with it),
+    ``page_remove_rmap(page, compound)``, then the TLB gather's ``put_page()``."""
+    b = pmd_block(pmds[row]["pmd"])
+    pmds[row]["pmd"] = 0
+    pmds[row]["pte_table"] = -1
+    page_remove_anon_compound_rmap(blocks[b], events)
+    put_page(blocks, b, 0, costs)
+
+
+@per_variant()
+def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
     """Mirror of ``__split_huge_pmd_locked(vma, pmd, haddr, freeze)`` for PMD entry ``pmds[row]``
-    mapping the THP in block ``b``; ``pte_table`` must name a table (the deposited one).
-    v5 (patch 25/28's series) or mainline 4.5 arithmetic by ``variant``."""
+    mapping the THP in block ``b``; ``pte_table`` must name a table (the deposited one)."""
     entry = pmds[row]["pmd"]
     pfn = (entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT
     write = entry & _PAGE_RW
     young = entry & _PAGE_ACCESSED
     pte = tables[pmds[row]["pte_table"]]["pte"]
-    # v5 makes every PTE dirty; 4.5 leaves them clean and marks the page dirty (PG_dirty is per
-    # THP, on the head) when the PMD was ("mm: don't split THP page when MADV_FREE ...").
-    dirty = _PAGE_DIRTY if variant != V4_5 else 0
     for i in range(HPAGE_PMD_NR):
         e = (pfn + i) << PTE_PFN_SHIFT
         if freeze:
             e |= _PAGE_VMS_MIGRATION | write  # make_migration_entry(page + i, write)
         else:
             # mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young; soft-dirty
-            # is not carried.
-            e |= _PAGE_PRESENT | dirty | write | young
+            # is not carried. The dirty bit is the variant's.
+            e |= _PAGE_PRESENT | SPLIT_PMD_PTE_DIRTY | write | young
         pte[i] = e
     page = blocks[b]
-    if variant == V4_5 and entry & _PAGE_DIRTY:
-        page["flags"][0] |= 1 << PG_dirty  # SetPageDirty(page + i)
-    if variant == V4_5:
-        _split_pmd_counts_v4_5(page, freeze, events)
-    else:
-        _split_pmd_counts_v5(page)
+    if SPLIT_PMD_SETS_PAGE_DIRTY and entry & _PAGE_DIRTY:
+        page["flags"][0] |= 1 << PG_dirty  # SetPageDirty(page + i): PG_dirty is per THP, the head's
+    split_huge_pmd_counts(page, freeze, events)
     pmds[row]["pmd"] = _PAGE_PRESENT  # pmd_populate(): now points at the table
     events[EV_THP_SPLIT_PMD] += 1
     costs[C_TLB_FLUSH] += 1
     costs[C_PTE_WRITE] += HPAGE_PMD_NR
 
 
-@njit(cache=True, inline="always")
-def _split_pmd_counts_v5(page):
-    """v5: the PMD's reference becomes 512 PTE references; its compound mapping goes, and every
-    subpage gains a PTE mapping unless this was the last PMD (whose offset becomes it)."""
-    page["compound_mapcount"] -= 1
-    if page["compound_mapcount"] >= 0:  # !atomic_add_negative(-1, compound_mapcount_ptr(page))
-        # Additional reference on subpages: the other PMD mappings keep the offset.
-        mc = page["_mapcount"]
-        for i in range(HPAGE_PMD_NR):
-            mc[i] += 1
-    # else the last compound mapping is gone: the offset becomes every subpage's PTE mapping.
-    page["_count"][0] += HPAGE_PMD_NR - 1
-
-
-@njit(cache=True, inline="always")
-def _split_pmd_counts_v4_5(page, freeze, events):
-    """Mainline 4.5: page_ref_add(page, 511) and atomic_inc(&page[i]._mapcount) per PTE; set
-    PG_double_map (one more +1 each) while other PMDs still map the THP; the last compound mapping
-    clears it again. A freeze then drops each new PTE's mapping and reference (migration entries
-    hold neither): page_remove_rmap(page + i, false) + put_page(page + i)."""
-    mc = page["_mapcount"]
-    flags = page["flags"]
-    page["_count"][0] += HPAGE_PMD_NR - 1
-    for i in range(HPAGE_PMD_NR):
-        mc[i] += 1
-    if page["compound_mapcount"] + 1 > 1 and not flags[1] & _DOUBLE_MAP:  # !TestSetPageDoubleMap
-        flags[1] |= _DOUBLE_MAP
-        for i in range(HPAGE_PMD_NR):
-            mc[i] += 1
-    page["compound_mapcount"] -= 1
-    if page["compound_mapcount"] < 0 and flags[1] & _DOUBLE_MAP:  # last one; TestClearPageDoubleMap
-        flags[1] &= _NOT_DOUBLE_MAP
-        for i in range(HPAGE_PMD_NR):
-            mc[i] -= 1
-    if freeze:
-        for i in range(HPAGE_PMD_NR):
-            page_remove_rmap_pte(page, i, events)
-        page["_count"][0] -= HPAGE_PMD_NR  # put_page(page + i), each to the head
+@per_variant()
+def split_huge_pmd(pmds, tables, row, blocks, costs, events):
+    """Mirror of ``split_huge_pmd()`` (not freeze) on the huge PMD entry ``row``: under the PMD lock
+    and one mmu-notifier range."""
+    costs[C_PMD_LOCK] += 1
+    costs[C_MMU_NOTIFIER] += 1
+    _split_huge_pmd_locked(pmds, tables, row, blocks, pmd_block(pmds[row]["pmd"]), False, costs,
+                           events)
 
 
 @njit(cache=True, parallel=True)

@@ -1,4 +1,5 @@
-"""get_page()/put_page() and page freeing for the v5 design (``include/linux/mm.h``, ``mm/swap.c``).
+"""get_page()/put_page(), page freeing and the PTE rmap (``include/linux/mm.h``, ``mm/swap.c``,
+``mm/rmap.c``), the same in every variant.
 
 Frame ``pfn`` is entry ``i = pfn % 512`` of block record ``blocks[pfn // 512]``.
 """
@@ -23,9 +24,17 @@ def compound_head_index(page, i):
 
 @njit(cache=True)
 def get_page(blocks, b, i):
-    """Mirror of v5 ``get_page()``: every reference to a THP subpage goes to the head."""
+    """Mirror of ``get_page()``: every reference to a THP subpage goes to the head."""
     page = blocks[b]
     page["_count"][compound_head_index(page, i)] += 1
+
+
+@njit(cache=True)
+def get_pages(blocks, pfns, nr):
+    """``get_page()`` ``nr`` times on every pfn (``get_user_pages()`` of a range, ``nr`` pins)."""
+    for k in range(pfns.shape[0]):
+        page = blocks[pfns[k] // HPAGE_PMD_NR]
+        page["_count"][compound_head_index(page, pfns[k] % HPAGE_PMD_NR)] += nr
 
 
 @njit(cache=True)
@@ -70,8 +79,14 @@ def deferred_split_huge_page(page, events):
 
 @njit(cache=True, inline="always")
 def page_remove_rmap_pte(page, i, events):
-    """Mirror of ``page_remove_rmap(page + i, false)`` on a THP subpage: reaching -1 queues the THP
-    for deferred split (``PageTransCompound``)."""
+    """Mirror of ``page_remove_rmap(page + i, false)``: a subpage of a THP (``PageTransCompound``)
+    reaching -1 queues the THP for deferred split; a small page only loses its mapping."""
     page["_mapcount"][i] -= 1
-    if page["_mapcount"][i] == -1:
+    if page["_mapcount"][i] == -1 and page["flags"][0] & _HEAD:
         deferred_split_huge_page(page, events)
+
+
+@njit(cache=True, inline="always")
+def page_dup_rmap_pte(page, i):
+    """Mirror of ``page_dup_rmap(page + i, false)``: one more PTE mapping of the page."""
+    page["_mapcount"][i] += 1

@@ -6,7 +6,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from vmstate import BadInput
+from vmstate import BadInput, MemoryState
 from vmstate.engine.huge_memory import Race
 
 BASE = 0x7F0000000000
@@ -33,7 +33,10 @@ def addr_of(s, off):
 
 
 def held(model):
-    """The pins a model holds, as plain lists (the engine keeps numpy arrays)."""
+    """The pins a model holds, one list of pfns per pin (the engine keeps a record per range with
+    its multiplicity: ``MemoryState.held_pins()``)."""
+    if isinstance(model, MemoryState):
+        return model.held_pins()
     return {k: [[int(x) for x in p] for p in v] for k, v in model.pins.items() if v}
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from vmstate.kernels.constants import HPAGE_PMD_NR, PG_double_map, V4_5, V5
-from vmstate.kernels.mapcount import mapcount_offset, page_mapcount, total_mapcount
+from vmstate.kernels.constants import HPAGE_PMD_NR, PG_double_map
+from vmstate.kernels.mapcount import page_mapcount, total_mapcount
+from vmstate.kernels.variants import KERNELS
 from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE
 
 N = HPAGE_PMD_NR
@@ -24,8 +25,8 @@ def test_total_mapcount_is_the_c_formula(raw, cmc_raw, double_map):
     v5 = cmc + sum(r + 1 for r in raw) - (N if cmc else 0)
     # 4.5: ret = compound_mapcount + sum(raw + 1) - (N if PageDoubleMap else 0)
     v45 = cmc + sum(r + 1 for r in raw) - (N if double_map else 0)
-    for variant, want in ((V5, v5), (V4_5, v45)):
-        offset = mapcount_offset(blocks[0], variant)
+    for variant, want in (("v5", v5), ("v4.5", v45)):
+        offset = KERNELS[variant].mapcount_offset(blocks[0])
         assert total_mapcount(blocks["_mapcount"][0].copy(), cmc_raw, offset) == want
 
 
@@ -38,6 +39,6 @@ def test_page_mapcount_removes_the_offset(raw, cmc_raw, i, double_map):
     blocks["flags"][0, 1] = (1 << PG_double_map) if double_map else 0
     v5 = raw[i] + 1 + (cmc - 1 if cmc else 0)
     v45 = raw[i] + 1 + cmc - (1 if double_map else 0)
-    for variant, want in ((V5, v5), (V4_5, v45)):
-        offset = mapcount_offset(blocks[0], variant)
+    for variant, want in (("v5", v5), ("v4.5", v45)):
+        offset = KERNELS[variant].mapcount_offset(blocks[0])
         assert page_mapcount(np.array(raw, np.int32), i, cmc_raw, offset) == want

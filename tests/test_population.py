@@ -35,8 +35,7 @@ def test_population_equals_its_program(table, seed, variant):
     built = build_by_ops(table, seed, variant)
     a, b = generated.dump(), built.dump()
     assert a == b, "\n".join(diff_dumps(a, b))
-    held = lambda s: {k: [p.tolist() for p in v] for k, v in s.pins.items() if v}  # noqa: E731
-    assert held(generated) == held(built)
+    assert generated.held_pins() == built.held_pins()
 
 
 def test_population_then_split_matches_program():

@@ -33,8 +33,8 @@ import numpy as np
 import polars as pl
 
 from vmstate.kernels.constants import (
-    HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, PG_double_map, PG_head, PG_locked, PG_tail,
-    PTE_PFN_SHIFT, V4_5,
+    HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, PG_head, PG_locked, PG_tail,
+    PTE_PFN_SHIFT,
     VM_ANON_DEFAULT, VM_HUGEPAGE, VM_WRITE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE,
     _PAGE_RW,
 )
@@ -567,11 +567,9 @@ class _Loader:
         allocated[compound] = True
         # the offset on every subpage's raw _mapcount: v5 while PMD-mapped; 4.5 while PG_double_map
         # (mapped by PMDs and PTEs at once), which lives on page[1]
-        if st.variant == V4_5:
-            offset = compound & (pmdmaps > 0) & (ptemaps > 0).any(axis=1)
-            a["flags"][offset, 1] |= np.uint32(1 << PG_double_map)
-        else:
-            offset = compound & (pmdmaps > 0)
+        offset = np.empty(nb, np.int64)
+        st.k.set_mapcount_offsets(a, 0, np.where(compound, pmdmaps, 0).astype(np.int64),
+                                  (ptemaps > 0).any(axis=1).astype(np.int64), offset)
         raw = ptemaps - 1 + offset[:, None]
         a["_mapcount"] = np.where(allocated, raw, -1)
         total = pmdmaps + ptemaps.sum(axis=1)

@@ -1,8 +1,10 @@
-"""The ``split`` operation's wrapper: find the THPs, build the rmap index arrays, run the kernels.
+"""Huge PMDs and the split, as in ``mm/huge_memory.c``: ``split_huge_pmd()`` on a process's
+address, and the ``split`` operation (debugfs ``split_huge_pages`` over a range).
 
 check → index arrays → kernel → result, as every public operation. The rmap walk of each THP (the
 anon_vma interval query, ``haddr`` in each VMA, the PMD entry there) is computed with NumPy for all
-THPs at once; the kernels in :mod:`vmstate.kernels.split` then run phase by phase over all of them.
+THPs at once; the variant's ``split_huge_pages`` kernel (:mod:`vmstate.kernels.split`) then splits
+each THP on its own prange iteration.
 """
 from __future__ import annotations
 
@@ -10,19 +12,18 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import get_num_threads
 
-from vmstate.kernels import split as k_split
 from vmstate.kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, COSTS, HPAGE_PMD_NR, HPAGE_PMD_SIZE,
     PAGE_SHIFT, PAGE_SIZE, RACE_NONE, RACE_POINTS, SPLIT_BUG, SPLIT_FAIL_ANON_VMA,
-    SPLIT_FAIL_PRECHECK, SPLIT_OK, VM_EVENTS, VM_WRITE,
+    SPLIT_FAIL_PRECHECK, SPLIT_OK, VM_EVENTS, VM_WRITE, _PAGE_PSE,
 )
 from vmstate.kernels.pagewalk import follow_thps
-from vmstate.errors import CorruptState
+from vmstate.engine.checks import check_range, live_mm, vmas_in
+from vmstate.engine.gup import hold
+from vmstate.errors import BadInput, CorruptState
 
 N = HPAGE_PMD_NR
-PHASES = ("precheck", "freeze", "recheck", "tail_split", "unfreeze", "put")
 
 
 @dataclass
@@ -32,8 +33,8 @@ class SplitResult:
     heads: np.ndarray
     ret: np.ndarray
     reason: np.ndarray
-    seconds: dict = field(default_factory=dict)  # per phase, plus "rmap"
-    costs: np.ndarray | None = None    # [thp, COSTS] what each THP's split cost (not when phased)
+    seconds: dict = field(default_factory=dict)  # "rmap" (the index arrays) and "split" (the kernel)
+    costs: np.ndarray | None = None    # [thp, COSTS] what each THP's split cost
     events: np.ndarray | None = None   # [thp, VM_EVENTS] the events each THP's split counted
 
     def frame(self):
@@ -61,7 +62,7 @@ class SplitResult:
 
 def thps_mapped(state, mm, start, end):
     """Blocks of the THPs mapped in ``[start, end)`` of ``mm``, once each, by lowest address."""
-    haddrs, rows = mm.sorted_pmds(state)
+    haddrs, rows = mm.sorted_pmds()
     i0 = np.searchsorted(haddrs, start & ~(HPAGE_PMD_SIZE - 1))
     i1 = np.searchsorted(haddrs, end)
     h = haddrs[i0:i1]
@@ -91,7 +92,7 @@ def rmap_arrays(state, thps):
                 continue
             ii = idx[hit]
             haddr = (v.vm_start + ((ii - v.vm_pgoff) << PAGE_SHIFT)) & ~(HPAGE_PMD_SIZE - 1)
-            parts.append((ks[hit], np.full(len(ii), order), v.mm.lookup_pmds(state, haddr),
+            parts.append((ks[hit], np.full(len(ii), order), v.mm.lookup_pmds(haddr),
                           np.maximum(0, v.vm_pgoff - ii), np.minimum(N, v.vm_pgoff + pages - ii),
                           np.full(len(ii), 1 if v.vm_flags & VM_WRITE else 0)))
     if parts:
@@ -117,7 +118,6 @@ class Race:
     seed: int = 0
 
     def check(self):
-        from vmstate.errors import BadInput
         pins = ("after_precheck", "after_freeze")
         if self.pin not in pins:
             raise BadInput(f"expected one of {', '.join(pins)}, got {self.pin!r}", field="race.pin")
@@ -142,14 +142,11 @@ class Race:
         return pin, unpin
 
 
-def split_thps(state, thps, *, phased=False, race: Race | None = None, mm=None) -> SplitResult:
+def split_thps(state, thps, *, race: Race | None = None, mm=None) -> SplitResult:
     """``get_page``, lock, ``split_huge_page_to_list(head, NULL)``, unlock, ``put_page`` for each THP
-    (block numbers); raises CorruptState on the kernel's BUG() path.
-
-    By default each THP is split whole on one prange iteration (``split_huge_pages_parallel``);
-    ``phased=True`` runs each phase over every THP before the next and times it (the same final
-    state, ``tests/test_split_phases.py``; slower, since each phase streams all THPs again).
-    ``race``: racing pins (:class:`Race`); a pin that stays is recorded as a pin of ``mm``."""
+    (block numbers), each split whole on its own prange iteration; raises CorruptState on the
+    kernel's BUG() path. ``race``: racing pins (:class:`Race`); a pin that stays is recorded as a
+    pin of ``mm``."""
     seconds = {}
     t0 = time.perf_counter()
     ptr, rows, lo, hi, write = rmap_arrays(state, thps)
@@ -157,47 +154,18 @@ def split_thps(state, thps, *, phased=False, race: Race | None = None, mm=None) 
     n = len(thps)
     reason = np.zeros(n, np.int64)
     ret = np.zeros(n, np.int64)
-    threads = get_num_threads()
-    costs = np.zeros((threads, len(COSTS)), np.int64)
-    events = np.zeros((threads, len(VM_EVENTS)), np.int64)
-    blocks, pmds, tables = state.blocks.a, state.pmds.a, state.tables.a
     race_pin, race_unpin = race.arrays(n) if race else (np.zeros(n, np.int64), np.zeros(n, np.int64))
-    if not phased:
-        bugs = np.zeros((n, 4), np.int64)
-        per_costs = np.zeros((n, len(COSTS)), np.int64)
-        per_events = np.zeros((n, len(VM_EVENTS)), np.int64)
-        t0 = time.perf_counter()
-        k_split.split_huge_pages_parallel(thps, ptr, rows, lo, hi, write, blocks, pmds, tables, ret,
-                                          reason, per_costs, per_events, bugs, race_pin, race_unpin,
-                                          state.variant)
-        seconds["split"] = time.perf_counter() - t0
-        _raise_bug(thps, reason, bugs[:, 1:], state, per_costs, per_events)
-        _reduce(state, per_costs, per_events)
-        _record_held_pins(state, mm, thps, reason, race_pin, race_unpin)
-        return SplitResult(thps * N, ret, reason, seconds, per_costs, per_events)
-    bugs = np.zeros((n, 3), np.int64)
-
-    def timed(name, fn, *args):
-        t = time.perf_counter()
-        fn(*args)
-        seconds[name] = time.perf_counter() - t
-
-    v = state.variant
-    timed("precheck", k_split.phase_precheck, thps, blocks, reason, ret, costs, events, race_pin,
-          race_unpin, v)
-    timed("freeze", k_split.phase_freeze, thps, ptr, rows, lo, hi, blocks, pmds, tables, reason, costs,
-          events, race_pin, race_unpin, v)
-    timed("recheck", k_split.phase_recheck, thps, blocks, reason, ret, bugs, events, v)
-    _raise_bug(thps, reason, bugs, state, costs, events)
-    timed("tail_split", k_split.phase_split_tails, thps, blocks, reason, bugs, costs,
-          np.zeros((threads, 4), np.int64), v)
-    _raise_bug(thps, reason, bugs, state, costs, events)
-    timed("unfreeze", k_split.phase_unfreeze, thps, ptr, rows, lo, hi, write, blocks, pmds, tables,
-          reason, costs, v)
-    timed("put", k_split.phase_put, thps, blocks, reason, ret, costs, events, race_unpin)
+    bugs = np.zeros((n, 4), np.int64)
+    costs = np.zeros((n, len(COSTS)), np.int64)
+    events = np.zeros((n, len(VM_EVENTS)), np.int64)
+    t0 = time.perf_counter()
+    state.k.split_huge_pages(thps, ptr, rows, lo, hi, write, state.blocks.a, state.pmds.a,
+                             state.tables.a, ret, reason, costs, events, bugs, race_pin, race_unpin)
+    seconds["split"] = time.perf_counter() - t0
+    _raise_bug(thps, reason, bugs[:, 1:], state, costs, events)
     _reduce(state, costs, events)
     _record_held_pins(state, mm, thps, reason, race_pin, race_unpin)
-    return SplitResult(thps * N, ret, reason, seconds)
+    return SplitResult(thps * N, ret, reason, seconds, costs, events)
 
 
 def _record_held_pins(state, mm, thps, reason, race_pin, race_unpin):
@@ -206,7 +174,7 @@ def _record_held_pins(state, mm, thps, reason, race_pin, race_unpin):
         & (reason != SPLIT_FAIL_PRECHECK) & (reason != SPLIT_FAIL_ANON_VMA)
     for b in thps[held].tolist():
         vaddr = int(state.blocks.a["index"][b]) << PAGE_SHIFT
-        state.pins.setdefault((mm, vaddr, PAGE_SIZE), []).append(np.array([b * N], np.int64))
+        hold(state, mm, vaddr, PAGE_SIZE, np.array([b * N], np.int64))
 
 
 def _reduce(state, costs, events):
@@ -234,3 +202,43 @@ def _raise_bug(thps, reason, bugs, state, costs, events):
     else:
         msg = f"pfn 0x{head:x}: BUG kind {kind}"
     raise CorruptState(msg, pfn=head, rule="split_huge_page_to_list")
+
+
+def split_huge_pmd(state, row):
+    """``split_huge_pmd()`` (not freeze) on the huge PMD entry ``row``."""
+    state.k.split_huge_pmd(state.pmds.a, state.tables.a, row, state.blocks.a, state.cost_counters,
+                           state.events)
+
+
+def split_huge_pmd_address(state, mm, address: int):
+    """Mirror of ``split_huge_pmd_address()``: split a huge PMD that straddles ``address``."""
+    if address % HPAGE_PMD_SIZE == 0:
+        return
+    row = mm.pmd_rows.get(address & ~(HPAGE_PMD_SIZE - 1))
+    if row is not None and state.pmd[row] & _PAGE_PSE:
+        split_huge_pmd(state, row)
+
+
+def split_pmd(state, mm, addr):
+    """The ``split_pmd`` op: ``split_huge_pmd()`` on the PMD mapping ``addr``; nothing if it is not a
+    huge PMD."""
+    m = live_mm(state, mm)
+    check_range(addr, PAGE_SIZE)
+    if not vmas_in(m, addr, addr + 1):
+        raise BadInput(f"0x{addr:x} is not mapped in process {mm!r}", field="addr")
+    row = m.pmd_rows.get(addr & ~(HPAGE_PMD_SIZE - 1))
+    if row is not None and state.pmd[row] & _PAGE_PSE:
+        split_huge_pmd(state, row)
+
+
+def split(state, mm, addr, length, race: Race | None = None) -> SplitResult:
+    """The ``split`` op, debugfs ``split_huge_pages`` on ``[addr, addr + len)`` of a process: each THP
+    mapped there once, by lowest address, through ``split_huge_page_to_list(head, NULL)``.
+    ``race``: GUP pins that race the split (:class:`Race`)."""
+    m = live_mm(state, mm)
+    end = check_range(addr, length)
+    if race is not None:
+        race.check()
+    if not vmas_in(m, addr, end):
+        raise BadInput(f"0x{addr:x}-0x{end:x} overlaps no mapping of process {mm!r}", field="addr")
+    return split_thps(state, thps_mapped(state, m, addr, end), race=race, mm=mm)

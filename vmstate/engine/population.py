@@ -38,12 +38,14 @@ import numpy as np
 from vmstate.kernels.constants import (
     ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH,
     EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PMD, HPAGE_PMD_NR,
-    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_dirty, PG_double_map, PG_head, PG_tail, PTE_PFN_SHIFT, V4_5,
+    HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_dirty, PG_head, PG_tail, PTE_PFN_SHIFT,
     VM_ANON_DEFAULT,
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.kernels.pmd import populate_pte_tables
 from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
+from vmstate.engine.mm_types import Mm, Pin, Vma
+from vmstate.engine.state import MemoryState, available_memory
 from vmstate.errors import BadInput
 
 N = HPAGE_PMD_NR
@@ -172,7 +174,6 @@ def population_program(pop: Population, seed: int) -> list[tuple]:
 def from_population(table: dict, seed: int = 0, variant: str = "v5"):
     """A :class:`~vmstate.engine.state.MemoryState` generated from a ``[population]`` table; refused
     with the estimate, before allocating, when it would not fit in the memory available."""
-    from vmstate.engine.state import MemoryState, available_memory
     pop = parse_population(table)
     need, have = population_bytes(pop), available_memory()
     if need > have:
@@ -184,8 +185,6 @@ def from_population(table: dict, seed: int = 0, variant: str = "v5"):
 
 def build_population(state, pop: Population, seed: int):
     """Fill an empty :class:`~vmstate.engine.state.MemoryState` with the population, as arrays."""
-    from vmstate.engine.state import Mm, Vma
-
     d = draw(pop, seed)
     n, s, k = pop.thps, pop.nshared, pop.unmapped_subpages
     m = d.mappers
@@ -199,13 +198,12 @@ def build_population(state, pop: Population, seed: int):
     blocks = state.blocks.a[b0:]
     blocks["flags"][:, 0] = (1 << PG_head) | ANON_FAULT_FLAGS
     blocks["flags"][:, 1:] = 1 << PG_tail
-    # The offset on every subpage: v5 while a PMD maps the THP; 4.5's PG_double_map while PMDs and
-    # PTEs map it at once (a partial zap in the parent of a THP other processes map by PMD).
-    if state.variant == V4_5:
-        offset = d.partial & ~d.pte & (m > 1)
-        blocks["flags"][:, 1] |= np.where(offset, 1 << PG_double_map, 0).astype(np.uint32)
-    else:
-        offset = P > 0
+    # The offset on every subpage, as the variant has it (v5: while a PMD maps the THP; 4.5:
+    # PG_double_map while PMDs and PTEs map it at once, a partial zap in the parent of a THP other
+    # processes map by PMD).
+    offset = np.empty(n, np.int64)
+    state.k.set_mapcount_offsets(state.blocks.a, b0, P.astype(np.int64), T.astype(np.int64), offset)
+    blocks = state.blocks.a[b0:]
     blocks["_mapcount"][:] = (T - 1 + offset)[:, None]
     zap_rows = np.flatnonzero(d.partial)
     zap_cols = d.offset[zap_rows, None] + np.arange(k)[None, :]
@@ -242,9 +240,10 @@ def build_population(state, pop: Population, seed: int):
         state.anon_vmas[-1].append(vma)
 
     # Page tables. copy_huge_pmd write-protected the parent's shared PMDs and made the child's old.
-    # Split PMDs' PTEs: v5 makes them dirty; 4.5 leaves them clean and sets the head's PG_dirty.
-    dirty = _PAGE_DIRTY if state.variant != V4_5 else 0
-    if state.variant == V4_5:
+    # Split PMDs' PTEs get the variant's dirty bit (v5 makes them dirty); where it sets the head's
+    # PG_dirty instead (4.5), the PMDs split were dirty (a write fault's).
+    dirty = state.k.SPLIT_PMD_PTE_DIRTY
+    if state.k.SPLIT_PMD_SETS_PAGE_DIRTY:
         blocks["flags"][:, 0] |= np.where(d.pte | d.partial, 1 << PG_dirty, 0).astype(np.uint32)
     young_parent = _PAGE_PRESENT | _PAGE_ACCESSED | dirty
     write = np.where(m == 1, _PAGE_RW, 0)
@@ -265,7 +264,7 @@ def build_population(state, pop: Population, seed: int):
 
     pin_pfns = heads[d.pinned] + d.pin_page[d.pinned]
     for pfn, page in zip(pin_pfns.tolist(), (haddr[d.pinned] + d.pin_page[d.pinned] * PAGE_SIZE).tolist()):
-        state.pins[("parent", page, PAGE_SIZE)] = [np.array([pfn], np.int64) for _ in range(pop.pins)]
+        state.pins[("parent", page, PAGE_SIZE)] = [Pin(np.array([pfn], np.int64), pop.pins)]
     return state
 
 
@@ -293,5 +292,4 @@ def _add_entries(state, mm, haddr, heads, bits, huge_bits, split, zap=None):
         zap_hi = np.where(partial, offset + k, 0)
     populate_pte_tables(state.tables.a, t0, heads.astype(np.uint64), np.ascontiguousarray(bits),
                         split, zap_lo, zap_hi)
-    mm.pmd_rows.update(zip(haddr.tolist(), range(r0, r0 + n)))
-    mm._sorted = (haddr.astype(np.int64), np.arange(r0, r0 + n, dtype=np.int64))  # ascending
+    mm.add_pmd_rows(haddr, np.arange(r0, r0 + n, dtype=np.int64))

@@ -1,133 +1,101 @@
 """The simulated memory state: page frames, processes, VMAs, anon_vmas and page tables as arrays.
 
-:class:`MemoryState` owns the structured arrays (``vmstate.engine.dtypes``) and the primitives every operation
-is built from — frame allocation, page-table lookups, ``get_page``/``put_page``,
-``page_remove_rmap``, zaps and ``split_huge_pmd``. The operations themselves (mmap, fork, …, split)
-live in :mod:`vmstate.engine.operations` and are exposed here as methods.
+:class:`MemoryState` owns the structured arrays (``vmstate.engine.dtypes``), the counters and the
+primitives that allocate frames and page-table entries; ``state.k`` is its variant's kernels
+(:mod:`vmstate.kernels.variants`), chosen once here. The operations live where the kernel keeps
+them — :mod:`~vmstate.engine.mmap` (mmap, munmap, exit), :mod:`~vmstate.engine.fork`,
+:mod:`~vmstate.engine.madvise`, :mod:`~vmstate.engine.mprotect`, :mod:`~vmstate.engine.gup` (pin,
+unpin), :mod:`~vmstate.engine.huge_memory` (split_pmd, split) — and the methods below call them.
+Every check runs before the first change, so bad input leaves the state untouched; kernel outcomes
+(-EBUSY) are result arrays, not exceptions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from vmstate.kernels import refcount as k_refcount
-from vmstate.kernels.constants import (
-    COSTS, C_MMU_NOTIFIER, C_PMD_LOCK, EV_THP_DEFERRED_SPLIT_PAGE, FIRST_BLOCK, HPAGE_PMD_NR,
-    HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PG_double_map, PG_head, PG_tail, PTE_PFN_MASK,
-    PTE_PFN_SHIFT, TAIL_MAPPING, V4_5, VARIANTS, VM_EVENTS, _PAGE_PRESENT, _PAGE_PSE,
-)
-from vmstate.kernels.pmd import _split_huge_pmd_locked
+from vmstate.engine import fork as _fork, gup, huge_memory, madvise, mmap as _mmap, mprotect as _mprotect
+from vmstate.engine.compare import dump_state
 from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
+from vmstate.engine.mm_types import Grow, Mm, Vma
+from vmstate.engine.validate import validate_state
+from vmstate.errors import BadInput
+from vmstate.kernels.constants import (
+    COSTS, FIRST_BLOCK, HPAGE_PMD_NR, MAPPING_NULL, PG_head, PG_tail, TAIL_MAPPING, VARIANTS,
+    VM_EVENTS, _PAGE_PRESENT,
+)
+from vmstate.kernels.variants import KERNELS
 
 N = HPAGE_PMD_NR
 _HEAD = 1 << PG_head
 _TAIL = 1 << PG_tail
-_DOUBLE_MAP = 1 << PG_double_map
-
-
-@dataclass(eq=False)
-class Vma:
-    """``struct vm_area_struct`` (the fields vmstate needs)."""
-    mm: "Mm"
-    vm_start: int
-    vm_end: int
-    vm_pgoff: int
-    vm_flags: int
-    anon_vma: int
-
-    def as_tuple(self):
-        return (self.vm_start, self.vm_end, self.vm_pgoff, self.vm_flags, self.anon_vma)
-
-
-@dataclass(eq=False)
-class Mm:
-    """``struct mm_struct``: VMAs sorted by ``vm_start`` and the PMD entry rows by slot address."""
-    name: str
-    id: int
-    vmas: list = field(default_factory=list)
-    pmd_rows: dict = field(default_factory=dict)
-    alive: bool = True
-    _sorted: tuple | None = None  # (haddrs, rows) sorted by haddr; None after a new PMD entry
-
-    def sorted_pmds(self, state):
-        """This process's PMD entries as ``(haddr, row)`` arrays sorted by address."""
-        if self._sorted is None:
-            h = np.fromiter(self.pmd_rows.keys(), np.int64, len(self.pmd_rows))
-            r = np.fromiter(self.pmd_rows.values(), np.int64, len(self.pmd_rows))
-            o = np.argsort(h, kind="stable")
-            self._sorted = (h[o], r[o])
-        return self._sorted
-
-    def lookup_pmds(self, state, haddrs):
-        """PMD row of each address in ``haddrs`` (-1 where this process has none)."""
-        h, r = self.sorted_pmds(state)
-        i = np.minimum(np.searchsorted(h, haddrs), max(len(h) - 1, 0))
-        if not len(h):
-            return np.full(len(haddrs), -1, np.int64)
-        return np.where(h[i] == haddrs, r[i], -1)
-
-
-class _Grow:
-    """A structured array with amortised appends; ``a`` is the live prefix.
-
-    Buffers come from ``np.empty`` and are zeroed by hand: numpy madvises large ``empty`` buffers
-    MADV_HUGEPAGE, so first touch costs one fault per 2 MiB. ``np.zeros`` gets calloc'd 4 KiB pages
-    instead: 1.1 s against 0.04 s to fault in 600 MB on this machine.
-    """
-
-    def __init__(self, dtype, capacity=16):
-        self._buf = np.empty(capacity, dtype)
-        self._zeroed = 0  # records [n, _zeroed) are zero already
-        self.n = 0
-
-    def append(self, k=1, zero=True):
-        """Room for ``k`` records at the end; their index. ``zero=False`` leaves them as they are
-        (unwritten memory costs nothing until first touch) for a caller that writes them whole."""
-        need = self.n + k
-        if need > len(self._buf):
-            buf = np.empty(max(need, 2 * len(self._buf)), self._buf.dtype)
-            buf[:self.n] = self._buf[:self.n]
-            self._buf = buf
-            self._zeroed = self.n
-        start, self.n = self.n, need
-        if zero and self._zeroed < need:
-            self._buf[max(start, self._zeroed):need].view(np.uint8).fill(0)
-        self._zeroed = max(self._zeroed, need) if zero else self._zeroed
-        return start
-
-    def reserve(self, k):
-        """Make room for ``k`` more records at once (one allocation, no doubling, nothing touched)."""
-        if self.n + k > len(self._buf):
-            n = self.n
-            self.append(k, zero=False)
-            self.n = n
-
-    @property
-    def a(self):
-        return self._buf[:self.n]
 
 
 class MemoryState:
-    """The whole simulated machine: frames, processes and the counters of ``/proc/vmstat``."""
+    """The whole simulated machine: frames, processes and the counters of ``/proc/vmstat``.
+    ``variant``: the refcounting design, ``"v5"`` (the patch series, default) or ``"v4.5"``."""
 
     def __init__(self, variant: str = "v5"):
-        from vmstate.errors import BadInput
         if variant not in VARIANTS:
             raise BadInput(f"expected one of {', '.join(VARIANTS)}, got {variant!r}", field="variant")
-        self.variant_name = variant
-        self.variant = VARIANTS[variant]  # what the kernels get: V5 or V4_5
-        self.blocks = _Grow(PAGE_BLOCK_DTYPE)
+        self.variant = variant
+        self.k = KERNELS[variant]
+        self.blocks = Grow(PAGE_BLOCK_DTYPE)
         for _ in range(FIRST_BLOCK):  # never handed out: no frame of it is allocated
             self.alloc_block(MAPPING_NULL, 0, 0, 0)
-        self.pmds = _Grow(PMD_DTYPE)
-        self.tables = _Grow(PTE_TABLE_DTYPE)
+        self.pmds = Grow(PMD_DTYPE)
+        self.tables = Grow(PTE_TABLE_DTYPE)
         self.mms: dict[str, Mm] = {}
         self.anon_vmas: list[list[Vma]] = []
-        self.pins: dict[tuple, list[np.ndarray]] = {}
+        self.pins: dict[tuple, list] = {}  # (mm, addr, len) -> [Pin], latest last
         self.events = np.zeros(len(VM_EVENTS), np.int64)
         self.cost_counters = np.zeros(len(COSTS), np.int64)
         self.validate_after_ops = False
+
+    # ---- the operations (``../shared/spec/SCENARIOS.md``) ----------------------------------------
+    def mmap(self, mm, addr, length, thp=True):
+        """:func:`vmstate.engine.mmap.mmap`"""
+        self._after(_mmap.mmap(self, mm, addr, length, thp))
+
+    def fork(self, mm, child):
+        """:func:`vmstate.engine.fork.dup_mmap`"""
+        self._after(_fork.dup_mmap(self, mm, child))
+
+    def exit(self, mm):
+        """:func:`vmstate.engine.mmap.exit_mmap`"""
+        self._after(_mmap.exit_mmap(self, mm))
+
+    def munmap(self, mm, addr, length):
+        """:func:`vmstate.engine.mmap.munmap`"""
+        self._after(_mmap.munmap(self, mm, addr, length))
+
+    def madvise_dontneed(self, mm, addr, length):
+        """:func:`vmstate.engine.madvise.madvise_dontneed`"""
+        self._after(madvise.madvise_dontneed(self, mm, addr, length))
+
+    def mprotect(self, mm, addr, length, prot):
+        """:func:`vmstate.engine.mprotect.mprotect`"""
+        self._after(_mprotect.mprotect(self, mm, addr, length, prot))
+
+    def pin(self, mm, addr, length):
+        """:func:`vmstate.engine.gup.pin`"""
+        self._after(gup.pin(self, mm, addr, length))
+
+    def unpin(self, mm, addr, length):
+        """:func:`vmstate.engine.gup.unpin`"""
+        self._after(gup.unpin(self, mm, addr, length))
+
+    def split_pmd(self, mm, addr):
+        """:func:`vmstate.engine.huge_memory.split_pmd`"""
+        self._after(huge_memory.split_pmd(self, mm, addr))
+
+    def split(self, mm, addr, length, race=None) -> huge_memory.SplitResult:
+        """:func:`vmstate.engine.huge_memory.split`; ``race``: :class:`~vmstate.split.Race`."""
+        return self._after(huge_memory.split(self, mm, addr, length, race))
+
+    def _after(self, result=None):
+        if self.validate_after_ops:
+            self.validate()
+        return result
 
     # ---- counters -------------------------------------------------------------------------
     @property
@@ -183,49 +151,6 @@ class MemoryState:
         rec["alloc_start"], rec["alloc_end"] = start, end
         return b
 
-    def get_pages(self, pfns):
-        """``get_page()`` on each pfn (to the head for a THP subpage)."""
-        b, i = pfns // N, pfns % N
-        h = np.where(self.flags[b, i] & _TAIL, 0, i)
-        np.add.at(self._count, (b, h), 1)
-
-    def put_pages(self, pfns):
-        k_refcount.put_pages(self.blocks.a, np.ascontiguousarray(pfns, np.int64), self.cost_counters)
-
-    def deferred_split_huge_page(self, b):
-        """Mirror of v5 ``deferred_split_huge_page()``; counted once per THP (MODEL.md)."""
-        if not self.deferred[b]:
-            self.deferred[b] = 1
-            self.events[EV_THP_DEFERRED_SPLIT_PAGE] += 1
-
-    def page_remove_rmap_ptes(self, pfns):
-        """``page_remove_rmap(page)`` (PTE mappings): a subpage reaching -1 queues its THP."""
-        b, i = pfns // N, pfns % N
-        np.add.at(self._mapcount, (b, i), -1)
-        gone = self._mapcount[b, i] == -1
-        compound = (self.flags[b, 0] & _HEAD) != 0
-        for blk in np.unique(b[gone & compound]):
-            self.deferred_split_huge_page(int(blk))
-
-    def page_remove_rmap_compound(self, b):
-        """``page_remove_rmap(page, compound)`` for a PMD mapping. v5: the last one drops the offset
-        and a subpage reaching -1 queues the THP. 4.5 (``page_remove_anon_compound_rmap``): the last
-        one clears PG_double_map (dropping its +1: queued if a subpage reaches -1), or, with no PTE
-        mapping possible, queues the THP for deferred split whole (nr = HPAGE_PMD_NR)."""
-        cmc = self.compound_mapcount_raw
-        cmc[b] -= 1
-        if cmc[b] >= 0:
-            return
-        flags = self.flags[b]
-        if self.variant == V4_5 and not flags[1] & _DOUBLE_MAP:
-            self.deferred_split_huge_page(b)
-            return
-        flags[1] &= ~np.uint32(_DOUBLE_MAP)
-        row = self._mapcount[b]
-        row -= 1
-        if (row == -1).any():
-            self.deferred_split_huge_page(b)
-
     # ---- page tables ----------------------------------------------------------------------
     def pmd_row(self, mm: Mm, haddr: int, create=False):
         row = mm.pmd_rows.get(haddr)
@@ -233,8 +158,7 @@ class MemoryState:
             row = self.pmds.append()
             rec = self.pmds.a[row]
             rec["mm"], rec["haddr"], rec["pmd"], rec["pte_table"] = mm.id, haddr, 0, -1
-            mm.pmd_rows[haddr] = row
-            mm._sorted = None
+            mm.add_pmd_row(haddr, row)
         return row
 
     def table_of(self, row):
@@ -247,14 +171,6 @@ class MemoryState:
             self.pmd[row] = _PAGE_PRESENT
         return t
 
-    def split_huge_pmd(self, row):
-        """Mirror of v5 ``split_huge_pmd()`` (not freeze) on the huge PMD entry ``row``."""
-        b = int((int(self.pmd[row]) & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // N
-        self.cost_counters[C_PMD_LOCK] += 1
-        self.cost_counters[C_MMU_NOTIFIER] += 1
-        _split_huge_pmd_locked(self.pmds.a, self.tables.a, row, self.blocks.a, b, False, self.cost_counters,
-                               self.events, self.variant)
-
     def set_huge_pmd(self, mm: Mm, haddr: int, entry: int):
         """Install huge PMD ``entry`` at ``haddr`` with its PTE table deposited beside it
         (``pte_alloc_one()`` + ``pgtable_trans_huge_deposit()``: the table split_huge_pmd and the
@@ -266,50 +182,22 @@ class MemoryState:
             self.pte_table[row] = self.tables.append()
         return row
 
-    def split_huge_pmd_address(self, mm: Mm, address: int):
-        """Mirror of ``split_huge_pmd_address()``: split a huge PMD that straddles ``address``."""
-        if address % HPAGE_PMD_SIZE == 0:
-            return
-        row = mm.pmd_rows.get(address & ~(HPAGE_PMD_SIZE - 1))
-        if row is not None and self.pmd[row] & _PAGE_PSE:
-            self.split_huge_pmd(row)
-
-    def zap_huge_pmd(self, row):
-        """Mirror of ``zap_huge_pmd()``: clear the entry, page_remove_rmap(compound), put_page."""
-        b = int((int(self.pmd[row]) & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // N
-        self.pmd[row] = 0
-        self.pte_table[row] = -1  # the deposited table is freed with the entry
-        self.page_remove_rmap_compound(b)
-        self.put_pages(np.array([b * N], np.int64))
-
-    def zap_pte_range(self, mm: Mm, start: int, end: int):
-        """Mirror of ``zap_pmd_range()``/``zap_pte_range()`` over ``[start, end)`` of one process."""
-        for haddr in range(start & ~(HPAGE_PMD_SIZE - 1), end, HPAGE_PMD_SIZE):
-            row = mm.pmd_rows.get(haddr)
-            if row is None:
-                continue
-            if self.pmd[row] & _PAGE_PSE:
-                if start <= haddr and haddr + HPAGE_PMD_SIZE <= end:
-                    self.zap_huge_pmd(row)
-                    continue
-                self.split_huge_pmd(row)  # a partly covered PMD is split, then its PTEs zapped
-            if not self.pmd[row] & _PAGE_PRESENT:
-                continue
-            lo = max(start, haddr) - haddr >> PAGE_SHIFT
-            hi = min(end, haddr + HPAGE_PMD_SIZE) - haddr >> PAGE_SHIFT
-            seg = self.ptes[int(self.pte_table[row]), lo:hi]
-            present = (seg & _PAGE_PRESENT) != 0
-            pfns = ((seg[present] & PTE_PFN_MASK) >> PTE_PFN_SHIFT).astype(np.int64)
-            seg[present] = 0
-            if len(pfns):
-                self.page_remove_rmap_ptes(pfns)
-                self.put_pages(pfns)
-
-    # ---- processes and VMAs -------------------------------------------------------------------
+    # ---- processes, VMAs and pins ---------------------------------------------------------------
     def anon_vma_tree(self, anon_vma: int):
         """The VMAs of ``anon_vma`` in interval-tree order (vm_pgoff, then process, then address);
         the split wrapper queries it for many THPs at once (``vmstate.engine.huge_memory.rmap_arrays``)."""
         return sorted(self.anon_vmas[anon_vma], key=lambda v: (v.vm_pgoff, v.mm.id, v.vm_start))
+
+    def held_pins(self) -> dict:
+        """Every pin held, one list of pfns per pin, latest last: ``{(mm, addr, len): [[pfn, ...]]}``."""
+        return {key: [p.pfns.tolist() for p in stack for _ in range(p.nr)]
+                for key, stack in self.pins.items() if stack}
+
+    def mapcount_offsets(self):
+        """Per block, 1 where every subpage's raw ``_mapcount`` carries the variant's offset."""
+        out = np.zeros(self.blocks.n, np.int64)
+        self.k.mapcount_offsets(self.blocks.a, out)
+        return out
 
     # ---- views for comparison and export --------------------------------------------------------
     def page_mapping_index(self):
@@ -329,11 +217,6 @@ class MemoryState:
         mask = (i >= a["alloc_start"][:, None]) & (i < a["alloc_end"][:, None])
         return np.flatnonzero(mask.ravel()).astype(np.int64)
 
-    def dump(self) -> dict:
-        """The plain-Python comparison format of ``docs/semantics.md``."""
-        from vmstate.engine.compare import dump_state
-        return dump_state(self)
-
     def snapshot_summary(self) -> dict:
         a = self.blocks.a
         pfns = self.allocated_pfns()
@@ -342,8 +225,13 @@ class MemoryState:
         thps = int(((a["flags"][:, 0] & _HEAD) != 0).sum())
         return {"thps": thps, "pages_in_use": int(in_use.sum())}
 
+    def dump(self) -> dict:
+        """The plain-Python comparison format of ``docs/semantics.md``."""
+        return dump_state(self)
+
     def validate(self):
-        from vmstate.engine.validate import validate_state
+        """Every validator of :mod:`vmstate.engine.validate`; raises CorruptState at the first rule
+        broken, with the values tested."""
         validate_state(self)
 
 
@@ -358,12 +246,3 @@ def available_memory() -> int:
         pass
     import os
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _install_operations():
-    from vmstate.engine import operations
-    for name in operations.__all__:
-        setattr(MemoryState, name, getattr(operations, name))
-
-
-_install_operations()

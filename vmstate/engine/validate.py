@@ -7,7 +7,7 @@ operation, ``vmstate run --validate`` does too.
 import numpy as np
 
 from vmstate.kernels.constants import (
-    HPAGE_PMD_NR, PG_double_map, V4_5, PG_head, PG_hwpoison, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT,
+    HPAGE_PMD_NR, PG_head, PG_hwpoison, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT,
     _PAGE_PSE, _PAGE_VMS_MIGRATION,
 )
 from vmstate.errors import CorruptState
@@ -75,16 +75,6 @@ def validate_page_tables(state, entries=None):
               f"migration entry at {_where(state, rows[j], offs[j])}")
 
 
-def mapcount_offsets(state):
-    """Per block, 1 where every subpage's raw ``_mapcount`` carries the offset
-    (``vmstate.kernels.mapcount.mapcount_offset``): v5 while PMD-mapped, 4.5 while PG_double_map."""
-    a = state.blocks.a
-    compound = (a["flags"][:, 0] & _HEAD) != 0
-    if state.variant == V4_5:
-        return (compound & ((a["flags"][:, 1] & (1 << PG_double_map)) != 0)).astype(np.int64)
-    return (compound & (a["compound_mapcount"] >= 0)).astype(np.int64)
-
-
 def validate_mapcounts(state, entries=None):
     """``_mapcount`` and compound_mapcount equal what the page tables hold (offset included; 4.5:
     PG_double_map only while a PMD still maps the THP)."""
@@ -99,11 +89,10 @@ def validate_mapcounts(state, entries=None):
         _fail("compound_mapcount = PMD mappings", int(blk) * N,
               f"compound_mapcount raw={int(a['compound_mapcount'][blk])}, expected {int(want_cmc[blk])}"
               f" ({int(pmdmaps[blk])} PMD mappings)")
-    offset = mapcount_offsets(state)
-    if state.variant == V4_5:
-        for blk in np.flatnonzero(offset & (pmdmaps == 0))[:1]:
-            _fail("PG_double_map only while PMD-mapped", int(blk) * N,
-                  "PG_double_map set on a THP no PMD maps")
+    offset = state.mapcount_offsets()
+    for blk in np.flatnonzero(offset & (pmdmaps == 0))[:1]:
+        _fail("the mapcount offset only while PMD-mapped", int(blk) * N,
+              f"mapcount offset ({state.variant}) on a THP no PMD maps")
     want = ptemaps - 1 + offset[:, None]
     bad = np.argwhere(a["_mapcount"] != want)
     if len(bad):
@@ -126,10 +115,13 @@ def validate_refcounts(state):
         _fail("tails' _count is 0 while compound", blk * N + k,
               f"tail _count={int(a['_count'][blk, k])}, expected 0")
     held = [p for stack in state.pins.values() for p in stack]
-    pins = np.bincount(np.concatenate(held), minlength=nb * N)[:nb * N].reshape(nb, N) if held \
-        else np.zeros((nb, N), np.int64)
+    pins = np.zeros((nb, N), np.int64)
+    if held:
+        pfns = np.concatenate([p.pfns for p in held])
+        nr = np.concatenate([np.full(len(p.pfns), p.nr, np.int64) for p in held])
+        pins = np.bincount(pfns, weights=nr, minlength=nb * N)[:nb * N].astype(np.int64).reshape(nb, N)
     cmc = a["compound_mapcount"] + 1
-    per_page = a["_mapcount"] + 1 - mapcount_offsets(state)[:, None]
+    per_page = a["_mapcount"] + 1 - state.mapcount_offsets()[:, None]
     thp_total = np.where(compound, cmc + per_page.sum(axis=1), 0)
     want = np.where(compound[:, None], 0, per_page + pins)
     want[:, 0] = np.where(compound, thp_total + pins.sum(axis=1), want[:, 0])

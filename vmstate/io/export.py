@@ -6,7 +6,6 @@ translated from the PG_* bits; ``mapcount`` is what ``/proc/kpagecount`` reports
 import numpy as np
 import polars as pl
 
-from vmstate.engine.validate import mapcount_offsets
 
 from vmstate.kernels.constants import (
     HPAGE_PMD_NR, PG_active, PG_dirty, PG_error, PG_head, PG_hwpoison, PG_locked, PG_lru,
@@ -47,7 +46,7 @@ def page_columns(state):
     head_flags = a["flags"][b, 0]
     thp = ((head_flags & (1 << PG_head)) != 0) & ((i == 0) | ((flags & (1 << PG_tail)) != 0))
     cmc = np.where(thp, a["compound_mapcount"][b] + 1, 0)
-    offset = mapcount_offsets(state)
+    offset = state.mapcount_offsets()
     raw = a["_mapcount"][b, i].astype(np.int64)
     # page_mapcount() = raw + 1 + compound_mapcount - offset (v5's PMD offset or 4.5's double map)
     mapcount = raw + 1 + cmc - np.where(thp, offset[b], 0)

@@ -18,11 +18,11 @@ import tomllib
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
-from vmstate.kernels.constants import PAGE_SIZE, VARIANTS
+from vmstate.engine.checks import TASK_SIZE
 from vmstate.errors import BadInput
+from vmstate.kernels.constants import PAGE_SIZE, VARIANTS
 
 MAX_SCENARIO_BYTES = 16 << 20
-TASK_SIZE = 1 << 47  # x86-64 4-level paging: user space is [0, 0x800000000000)
 NAME_MAX = 255  # a snapshot label becomes a directory name
 
 # op -> (required fields, optional fields with their defaults), in the order messages list them.

@@ -1,0 +1,154 @@
+"""The v5 refcounting (the 2015 patch series, 25/28's ``split_huge_page()``; MODEL.md): what the
+common kernels declare in :mod:`vmstate.kernels.per_variant`, as v5 does it.
+
+The offset is permanent while a PMD maps the THP: every subpage's raw ``_mapcount`` carries +1 while
+``compound_mapcount() > 0``; the freeze changes no counter (migration entries keep their mapping
+and reference), so the recheck compares ``total_mapcount()`` with ``page_count() - 1``.
+"""
+from numba import njit
+
+from vmstate.kernels.constants import (
+    C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, HPAGE_PMD_NR, PG_dirty, PG_hwpoison, PG_lru,
+    PTE_PFN_MASK, PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
+    _PAGE_VMS_MIGRATION,
+)
+from vmstate.kernels.mapcount import page_mapcount
+from vmstate.kernels.refcount import deferred_split_huge_page
+
+NAME = "v5"
+
+
+@njit(cache=True, inline="always")
+def mapcount_offset(page):
+    """1 while ``compound_mapcount() > 0`` (raw ``compound_mapcount`` >= 0)."""
+    return 1 if page["compound_mapcount"] >= 0 else 0
+
+
+@njit(cache=True, inline="always")
+def mapcount_offset_for(page, pmd_maps, pte_maps):
+    """The offset is there whenever a PMD maps the THP."""
+    return 1 if pmd_maps > 0 else 0
+
+
+@njit(cache=True, inline="always")
+def page_add_new_anon_rmap(page):
+    """v5 ``page_add_new_anon_rmap(page, vma, address, true)``: compound_mapcount 1 (raw 0) and the
+    offset on every subpage (``atomic_set(&page[i]._mapcount, 0)``)."""
+    page["compound_mapcount"] = 0
+    mc = page["_mapcount"]
+    for i in range(HPAGE_PMD_NR):
+        mc[i] = 0
+
+
+@njit(cache=True, inline="always")
+def page_remove_anon_compound_rmap(page, events):
+    """v5 ``page_remove_rmap(page, true)``: the last compound mapping drops the offset from every
+    subpage, and a subpage reaching -1 (no PTE maps it) queues the THP for deferred split."""
+    page["compound_mapcount"] -= 1
+    if page["compound_mapcount"] >= 0:
+        return
+    mc = page["_mapcount"]
+    queue = False
+    for i in range(HPAGE_PMD_NR):
+        mc[i] -= 1
+        if mc[i] == -1:
+            queue = True
+    if queue:
+        deferred_split_huge_page(page, events)
+
+
+@njit(cache=True, inline="always")
+def split_huge_pmd_counts(page, freeze, events):
+    """v5: the PMD's reference becomes 512 PTE references; its compound mapping goes, and every
+    subpage gains a PTE mapping unless this was the last PMD (whose offset becomes it). A freeze
+    changes nothing more: migration entries keep mapping and reference."""
+    page["compound_mapcount"] -= 1
+    if page["compound_mapcount"] >= 0:  # !atomic_add_negative(-1, compound_mapcount_ptr(page))
+        # Additional reference on subpages: the other PMD mappings keep the offset.
+        mc = page["_mapcount"]
+        for i in range(HPAGE_PMD_NR):
+            mc[i] += 1
+    # else the last compound mapping is gone: the offset becomes every subpage's PTE mapping.
+    page["_count"][0] += HPAGE_PMD_NR - 1
+
+
+SPLIT_PMD_PTE_DIRTY = _PAGE_DIRTY  # v5 makes every PTE dirty
+SPLIT_PMD_SETS_PAGE_DIRTY = False
+FREEZE_FROM_VM_START = False       # the seed walks all 512 PTEs of the table
+
+
+@njit(cache=True, inline="always")
+def freeze_pte_counts(page, i, pte, events):
+    """v5: a migration entry keeps the mapping and the reference; nothing changes."""
+    return
+
+
+@njit(cache=True, inline="always")
+def unfreeze_page_vma(pte, writable, pfn, i, costs):
+    """Mirror of the seed's ``unfreeze_page_vma(vma, page, address)`` for subpage ``i``, given the
+    PTE table the process has at the THP's slot (the caller did ``mm_find_pmd()``)."""
+    costs[C_PTE_LOCK] += 1
+    e = pte[i]
+    if not e & _PAGE_VMS_MIGRATION:  # !is_swap_pte || !is_migration_entry
+        return
+    if (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn:
+        return
+    # pte_mkold(mk_pte(page, vma->vm_page_prot)); maybe_mkwrite() for a write migration entry
+    new = (pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT
+    if e & _PAGE_RW and writable:
+        new |= _PAGE_RW
+    pte[i] = new
+    costs[C_PTE_WRITE] += 1
+
+
+@njit(cache=True)
+def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
+    """Mirror of the seed's ``unfreeze_page(anon_vma, page)``: per mapped subpage, per VMA mapping
+    it, one mmu-notifier range and one PTE lock (the review asks why this is not batched). The C
+    loops subpage-major (``for i: anon_vma_interval_tree_foreach(pgoff + i)``); this loops VMA-major
+    so the PMD lookup (``mm_find_pmd``) is done once per VMA: every (subpage, VMA) pair touches its
+    own PTE, so the order changes nothing but speed."""
+    page = blocks[b]
+    _mapcount = page["_mapcount"]
+    cmc = page["compound_mapcount"]
+    offset = mapcount_offset(page)
+    for v in range(v0, v1):
+        row = vma_pmd_row[v]
+        if row >= 0 and pmds[row]["pmd"] & _PAGE_PRESENT and not pmds[row]["pmd"] & _PAGE_PSE:
+            pte = tables[pmds[row]["pte_table"]]["pte"]  # mm_find_pmd() found a PTE table
+            for i in range(vma_lo[v], vma_hi[v]):
+                if page_mapcount(_mapcount, i, cmc, offset):
+                    costs[C_MMU_NOTIFIER] += 1
+                    unfreeze_page_vma(pte, vma_write[v], b * HPAGE_PMD_NR + i, i, costs)
+        else:
+            for i in range(vma_lo[v], vma_hi[v]):
+                if page_mapcount(_mapcount, i, cmc, offset):
+                    costs[C_MMU_NOTIFIER] += 1
+
+
+@njit(cache=True, inline="always")
+def split_recheck_ok(mapcount, count):
+    """The seed: ``total_mapcount(head) == page_count(head) - 1`` (the freeze kept every count)."""
+    return mapcount == count - 1
+
+
+@njit(cache=True, inline="always")
+def split_recheck_bug(mapcount, count):
+    """The seed's ``BUG()``: ``mapcount > page_count - 1``."""
+    return mapcount > count - 1
+
+
+@njit(cache=True, inline="always")
+def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, offset, head_flags, tail):
+    """Mirror of ``__split_huge_page_tail(head, tail, lruvec, list)`` with ``list == NULL``, over one
+    THP's 512-entry fields; the caller has checked ``BUG_ON(page_tail->_count != 0)`` and passes
+    ``head->flags`` read once (so the loop over tails vectorizes). Returns the mapcount moved:
+    ``_count += mapcount + 1`` with ``mapcount = page_mapcount(tail)``."""
+    mapcount = page_mapcount(_mapcount, tail, compound_mapcount_raw, offset)
+    _count[tail] += mapcount + 1
+    # flags &= ~PAGE_FLAGS_CHECK_AT_PREP | __PG_HWPOISON (clears PG_tail), head's copied, dirty set;
+    # lru_add_page_tail(): SetPageLRU when list == NULL. mapping/index: vmstate derives them from the
+    # block once PG_tail is clear (mapping = head's, index = head.index + tail).
+    flags[tail] = ((flags[tail] & (1 << PG_hwpoison)) | (head_flags & TAIL_COPY_FLAGS)
+                   | (1 << PG_dirty) | (1 << PG_lru))
+    return mapcount

@@ -1,0 +1,8 @@
+"""The refcounting variants, each its common kernels built against its own module
+(:mod:`vmstate.kernels.per_variant`): ``KERNELS[name]`` is what a state of that variant runs."""
+from vmstate.kernels import freeze, mapcount, memory, pmd, split, v4_5, v5  # noqa: F401 (the builds need them)
+from vmstate.kernels.constants import VARIANTS
+from vmstate.kernels.per_variant import build
+
+KERNELS = {m.NAME: build(m) for m in (v5, v4_5)}
+assert tuple(KERNELS) == VARIANTS, "constants.VARIANTS names the variants in this order"
