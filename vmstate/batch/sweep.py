@@ -69,7 +69,7 @@ import numpy as np
 import polars as pl
 
 from vmstate.kernels.constants import COSTS, HPAGE_PMD_NR, PAGE_SHIFT, SPLIT_OK, VARIANTS, VM_EVENTS
-from vmstate.io.dataset import fsync_dir as _fsync_dir
+from vmstate.io.atomic import atomic_write
 from vmstate.errors import BadInput, CorruptState
 from vmstate.engine.population import DEFAULTS, FRACTIONS, parse_population, population_bytes
 
@@ -613,25 +613,8 @@ def _write_shard(out: Path, task: ShardTask, summary: dict, frame: pl.DataFrame)
 
 
 def _atomic_write(out: Path, path: Path, write):
-    """Write via ``out/.tmp``: fsync the file, rename it into place, fsync its directory."""
-    tmp_dir = out / ".tmp"
-    tmp_dir.mkdir(exist_ok=True)
-    tmp = tmp_dir / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    _makedirs_synced(path.parent)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _makedirs_synced(path: Path):
-    if path.is_dir():
-        return
-    _makedirs_synced(path.parent)
-    path.mkdir(exist_ok=True)
-    _fsync_dir(path.parent)
+    """Write ``path`` crash-safely, its temporary file under ``out/.tmp`` (which the lock clears)."""
+    atomic_write(path, write, tmp_dir=out / ".tmp")
 
 
 class _Lock:

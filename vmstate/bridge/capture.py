@@ -39,7 +39,8 @@ from vmstate.kernels.constants import (
     _PAGE_RW,
 )
 from vmstate.bridge import procfs
-from vmstate.io.dataset import PAGEMAP, PAGES, parquet_writer, read_dataset, write_tree
+from vmstate.io.atomic import write_tree
+from vmstate.io.dataset import PAGEMAP, PAGES, parquet_writer, read_dataset
 from vmstate.engine.state import MemoryState
 from vmstate.errors import BadInput, CorruptState
 from vmstate.io.export import (

@@ -57,9 +57,8 @@ import polars as pl
 from vmstate.kernels.constants import HPAGE_PMD_SIZE, VM_EVENTS
 from vmstate.bridge import kworker as _kworker, procfs
 from vmstate.bridge.capture import Target, capture
-from vmstate.io.dataset import (
-    PAGEMAP, PAGES, TreeWriter, json_writer, parquet_writer, snapshot_totals,
-)
+from vmstate.io.atomic import TreeWriter, json_writer
+from vmstate.io.dataset import PAGEMAP, PAGES, parquet_writer, snapshot_totals
 from vmstate.errors import BadInput
 from vmstate.io.export import KPF_ANON, KPF_COMPOUND_HEAD
 from vmstate.io.scenario import Op, Scenario, where
