@@ -62,7 +62,7 @@ from vmstate.errors import BadInput
 from vmstate.io.export import KPF_ANON
 from vmstate.io.scenario import Op, Scenario, where
 
-__all__ = ["kernel_run", "KernelRun", "prerequisites", "probe_debugfs", "unmount_debugfs",
+__all__ = ["kernel_run", "KernelRun", "program", "prerequisites", "probe_debugfs", "unmount_debugfs",
            "PIN_METHODS"]
 
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -92,6 +92,36 @@ def prerequisites() -> str | None:
     return None
 
 
+def program(scenario: Scenario) -> list[Op]:
+    """The scenario's ops, after its ``[population]`` as the op program that generates it."""
+    ops = list(scenario.ops)
+    for op in ops:
+        if op.op == "split" and op.fields.get("race") is not None:
+            raise BadInput(f"{where(scenario.path, op.index, op.line)}: field 'race': a "
+                           f"pin racing a split cannot be placed on the running kernel (no "
+                           f"hook between the precheck and the freeze); simulator only",
+                           field="race")
+    if scenario.population is None:
+        return ops
+    from vmstate.engine.population import parse_population, population_program
+    pop = parse_population(scenario.population)
+    need = pop.thps * HPAGE_PMD_SIZE
+    from vmstate.engine.state import available_memory
+    if need > available_memory() // 2:
+        raise BadInput(f"{where(scenario.path, table='population')}: {pop.thps} THPs are "
+                       f"{need / 2**30:.1f} GiB of real memory; at most half of MemAvailable "
+                       f"is used", field="thps")
+    fields = {"mmap": ("mm", "addr", "len"), "fork": ("mm", "child"), "split_pmd": ("mm", "addr"),
+              "madvise_dontneed": ("mm", "addr", "len"), "pin": ("mm", "addr", "len")}
+    gen = []
+    for k, (name, *args) in enumerate(population_program(pop, scenario.seed)):
+        f = dict(zip(fields[name], args))
+        if name == "mmap":
+            f["thp"] = True
+        gen.append(Op(index=-(k + 1), line=None, op=name, fields=f))
+    return gen + ops
+
+
 @dataclass
 class KernelRun:
     """Runs one scenario; :meth:`run` returns the summary and writes ``out``."""
@@ -109,7 +139,7 @@ class KernelRun:
         if self.pin_method not in PIN_METHODS:
             raise BadInput(f"expected a pin method in {PIN_METHODS}, got {self.pin_method!r}",
                            field="pin_method")
-        ops = self._ops()
+        ops = program(self.scenario)
         self.libc = _kworker.libc()
         self.split_file, self.debugfs_mount, debugfs_why = probe_debugfs(self.libc)
         writer = TreeWriter(out)
@@ -133,36 +163,7 @@ class KernelRun:
             self._cleanup()
         return summary
 
-    # ---- the program ---------------------------------------------------------------------------
-    def _ops(self) -> list[Op]:
-        """The scenario's ops, after its ``[population]`` as the op program that generates it."""
-        ops = list(self.scenario.ops)
-        for op in ops:
-            if op.op == "split" and op.fields.get("race") is not None:
-                raise BadInput(f"{where(self.scenario.path, op.index, op.line)}: field 'race': a "
-                               f"pin racing a split cannot be placed on the running kernel (no "
-                               f"hook between the precheck and the freeze); simulator only",
-                               field="race")
-        if self.scenario.population is None:
-            return ops
-        from vmstate.engine.population import parse_population, population_program
-        pop = parse_population(self.scenario.population)
-        need = pop.thps * HPAGE_PMD_SIZE
-        from vmstate.engine.state import available_memory
-        if need > available_memory() // 2:
-            raise BadInput(f"{where(self.scenario.path, table='population')}: {pop.thps} THPs are "
-                           f"{need / 2**30:.1f} GiB of real memory; at most half of MemAvailable "
-                           f"is used", field="thps")
-        fields = {"mmap": ("mm", "addr", "len"), "fork": ("mm", "child"), "split_pmd": ("mm", "addr"),
-                  "madvise_dontneed": ("mm", "addr", "len"), "pin": ("mm", "addr", "len")}
-        gen = []
-        for k, (name, *args) in enumerate(population_program(pop, self.scenario.seed)):
-            f = dict(zip(fields[name], args))
-            if name == "mmap":
-                f["thp"] = True
-            gen.append(Op(index=-(k + 1), line=None, op=name, fields=f))
-        return gen + ops
-
+    # ---- the ops -------------------------------------------------------------------------------
     def _op_at(self, op: Op, summary: dict, writer: TreeWriter):
         """:meth:`_op`, its errors named by the op's place in the scenario file."""
         try:
