@@ -10,7 +10,8 @@ import pytest
 
 from bridge_helpers import SCENARIOS, live_thp_process, needs_kernel
 from vmstate import MemoryState, cli
-from vmstate.bridge.capture import REFCOUNT_REASON, Target, capture, from_capture, write_capture
+from vmstate.bridge.capture import REFCOUNT_REASON, Target, capture, write_capture
+from vmstate.bridge.load import from_capture
 from vmstate.cli import write_outputs
 from vmstate.errors import BadInput
 from vmstate.io.export import PAGEMAP_SCHEMA, PAGES_SCHEMA, pagemap_frame, pages_frame

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from vmstate.errors import BadInput
+from vmstate.io.atomic import atomic_write, makedirs_synced
 
 __all__ = ["plot_sweep", "DEFAULT_METRICS", "LABELS"]
 
@@ -61,7 +61,7 @@ def plot_sweep(directory, *, out=None, metrics=DEFAULT_METRICS) -> list[Path]:
     sample_keys = list(spec.get("sample", {}).get("ranges", {})) if "sample" in spec \
         else _varied(sample)
     out = Path(out) if out is not None else directory / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    makedirs_synced(out)
     written = []
     if not grid.is_empty():
         for x in grid_keys or ["seed"]:
@@ -189,8 +189,6 @@ def _colors(n):
 
 
 def _save(fig, path: Path) -> Path:
-    """savefig to a temporary name beside ``path``, then rename: no half-written PNG."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
-    return path
+    """The figure as a PNG, crash-safely (:func:`vmstate.io.atomic.atomic_write`): no half-written
+    PNG."""
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))

@@ -35,7 +35,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
     """Apply ``scenario.ops`` in order. A BadInput or CorruptState from the engine comes back with the
     op's file, index and line in front of its message. ``validate`` runs ``MemoryState.validate()``
     after every op (a debug switch: it walks the whole state). ``initial_state``: start from this
-    state (``vmstate.bridge.capture.from_capture``) instead of an empty one or the ``[population]``."""
+    state (``vmstate.bridge.load.from_capture``) instead of an empty one or the ``[population]``."""
     _check_fits(scenario)
     if initial_state is not None and scenario.population is not None:
         raise BadInput(f"{where(scenario.path, table='population')}: a run that starts from a "

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from vmstate.kernels.constants import VARIANTS
 from vmstate.cli import kernel as cli_kernel
-from vmstate.io.dataset import PAGEMAP, PAGES, SUMMARY, json_writer, parquet_writer, write_tree
+from vmstate.io.atomic import json_writer, write_tree
+from vmstate.io.dataset import PAGEMAP, PAGES, SUMMARY, parquet_writer
 from vmstate.errors import BadInput, CorruptState
 from vmstate.io.kformat import KPAGECOUNT, KPAGEFLAGS, kpage_arrays, write_u64
 from vmstate.batch.runner import RunResult, run_scenario
@@ -208,7 +209,7 @@ def _check_out(out: Path):
 
 
 def write_outputs(result: RunResult, out: Path, *, kpage: bool = False):
-    """Write the run's files under ``out`` (:func:`vmstate.io.dataset.write_tree`): a run killed
+    """Write the run's files under ``out`` (:func:`vmstate.io.atomic.write_tree`): a run killed
     half-way leaves at most a hidden ``.tmp-*`` directory, never a partial file under a final name.
     ``kpage``: each snapshot also as ``kpageflags`` and ``kpagecount`` (:mod:`vmstate.io.kformat`)."""
     files = []

@@ -6,7 +6,7 @@
   running kernel (:mod:`vmstate.bridge.kernel_run`);
 - ``vmstate diff A B [--json] [--disallow NAME]``: two datasets compared (:mod:`vmstate.bridge.diff`);
 - ``vmstate run SCENARIO --from-capture DIR [--rename OLD=NEW]``: the scenario from a captured
-  state (``vmstate.bridge.capture.from_capture``).
+  state (``vmstate.bridge.load.from_capture``).
 
 Exit status: 0 done (``diff``: no difference beyond the documented divergences), 1 ``diff`` found
 differences, 2 bad input (one line on stderr naming the file and field), 3 corrupt state.
@@ -94,7 +94,7 @@ def initial_state(args, scenario):
             from vmstate.errors import BadInput
             raise BadInput("--rename needs --from-capture", field="rename")
         return None
-    from vmstate.bridge.capture import from_capture
+    from vmstate.bridge.load import from_capture
     names = dict(_rename(r) for r in args.rename)
     return from_capture(args.from_capture, names=names, variant=scenario.variant)
 

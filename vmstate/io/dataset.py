@@ -2,16 +2,12 @@
 of ``../shared/spec/SCENARIOS.md``), simulated or captured.
 
 :func:`read_dataset` checks what it reads and raises :class:`~vmstate.errors.BadInput` naming the
-file and the column. :func:`write_tree` writes files the way ``vmstate run --out`` does: into a hidden
-``DIR/.tmp-*`` directory, fsync'd, then renamed into place one by one, the file named last (a run's
-``summary.json``) last of all.
+file and the column. :func:`parquet_writer` makes a frame a ``write(f)`` for the crash-safe writers
+of :mod:`vmstate.io.atomic` (``vmstate run --out`` writes with :func:`~vmstate.io.atomic.write_tree`).
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,79 +110,5 @@ def snapshot_totals(pages: pl.DataFrame, pagemap: pl.DataFrame) -> dict:
 
 
 def parquet_writer(frame: pl.DataFrame, meta: dict[str, str] | None = None):
-    """A ``write(f)`` for :func:`write_tree`: the frame as Parquet with key-value metadata."""
+    """A ``write(f)`` for :mod:`vmstate.io.atomic`: the frame as Parquet with key-value metadata."""
     return lambda f: frame.write_parquet(f, metadata=dict(meta) if meta else None)
-
-
-def json_writer(obj):
-    data = (json.dumps(obj, indent=2) + "\n").encode()
-    return lambda f: f.write(data)
-
-
-class TreeWriter:
-    """Files written under ``out/.tmp-*`` as they come, renamed into place by :meth:`commit`; a
-    writer that is never committed (an error, a kill) leaves only the hidden directory, which
-    :meth:`abort` removes."""
-
-    def __init__(self, out: Path):
-        self.out = Path(out)
-        probe = self.out
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
-            raise BadInput(f"--out {out}: {probe} is not a directory (ENOTDIR)", field="out")
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.out))
-        except OSError as e:
-            raise BadInput(f"--out {out}: cannot create the directory: {e.strerror}",
-                           field="out") from e
-        self.files: list[Path] = []
-
-    def add(self, rel, write):
-        rel = Path(rel)
-        path = self.tmp / rel
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise BadInput(f"--out {self.out}: cannot write {rel}: {e.strerror}", field="out") from e
-        self.files.append(rel)
-
-    def commit(self):
-        try:
-            for rel in self.files:
-                (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self.tmp / rel, self.out / rel)
-                fsync_dir(self.out / rel.parent)
-        except OSError as e:
-            raise BadInput(f"--out {self.out}: cannot write {e.filename or ''}: {e.strerror}",
-                           field="out") from e
-        finally:
-            self.abort()
-
-    def abort(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def write_tree(out, files: list[tuple[str, object]]):
-    """Write ``files`` (``(relative path, write(f))``, the last renamed last) atomically under out."""
-    w = TreeWriter(out)
-    try:
-        for rel, write in files:
-            w.add(rel, write)
-    except BaseException:
-        w.abort()
-        raise
-    w.commit()
-
-
-def fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from vmstate.errors import BadInput
+from vmstate.io.atomic import atomic_write
 
 __all__ = ["KPAGEFLAGS", "KPAGECOUNT", "kpage_arrays", "write_u64", "write_kpage", "read_kpageflags",
            "read_kpagecount", "read_kpage"]
@@ -52,18 +53,12 @@ def write_u64(f, array: np.ndarray):
 
 
 def write_kpage(pages: pl.DataFrame, directory):
-    """Write ``directory/kpageflags`` and ``directory/kpagecount`` for a ``pages`` frame, each to a
-    temporary name, fsync'd, then renamed into place (``vmstate run --kpage`` does the same inside
-    its output transaction)."""
+    """Write ``directory/kpageflags`` and ``directory/kpagecount`` for a ``pages`` frame, each
+    crash-safely (:func:`vmstate.io.atomic.atomic_write`; ``vmstate run --kpage`` writes them inside
+    its output transaction instead)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     for name, array in zip((KPAGEFLAGS, KPAGECOUNT), kpage_arrays(pages)):
-        tmp = directory / f".{name}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            write_u64(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / name)
+        atomic_write(directory / name, lambda f, a=array: write_u64(f, a))
 
 
 def _read_u64(path) -> np.ndarray:
