@@ -13,6 +13,7 @@ from vmstate.kernels.constants import (
     _PAGE_DIRTY, _PAGE_SOFT_DIRTY, EBUSY, HPAGE_PMD_MASK, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT,
     PAGE_SIZE, RACE_AFTER_FREEZE, RACE_AFTER_PRECHECK, RACE_NONE, SPLIT_FAIL_ANON_VMA,
     SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, TAIL_COPY_FLAGS, TAIL_MAPPING, PG_dirty,
+    PG_hwpoison,
 )
 from vmstate.errors import CorruptState
 
@@ -269,7 +270,10 @@ class ReferenceStateV4_5(ReferenceState, variant="v4.5"):
         mapcount = page_tail._mapcount + 1
         assert page_tail._count == 0  # VM_BUG_ON_PAGE(atomic_read(&page_tail->_count) != 0)
         self._count_add(page_tail, mapcount + 1)  # v4.5: atomic_add(mapcount + 1, ...)
-        page_tail.flags = 0  # v4.5: &= ~PAGE_FLAGS_CHECK_AT_PREP (also PG_double_map)
+        # v4.5: &= ~PAGE_FLAGS_CHECK_AT_PREP, which leaves __PG_HWPOISON since commit f4c18e6f7b5b
+        # ("mm: check __PG_HWPOISON separately from PAGE_FLAGS_CHECK_AT_*", 2015, before v4.5); it
+        # clears PG_double_map (PG_private_2) on page[1]
+        page_tail.flags &= 1 << PG_hwpoison
         page_tail.flags |= head.flags & (TAIL_COPY_FLAGS | (1 << PG_dirty))  # v4.5: PG_dirty copied
         # v4.5: VM_BUG_ON_PAGE(tail > 2 && page_tail->mapping != TAIL_MAPPING)
         assert tail <= 2 or page_tail.mapping == TAIL_MAPPING
