@@ -6,6 +6,10 @@ from vmstate.kernels.constants import PAGE_SHIFT
 
 from .page import Page, page_to_pgoff
 
+#: The top of the user address space vmstate accepts (the engine's ``USER_TOP``): a range may end
+#: exactly there. (x86-64 ``TASK_SIZE_MAX`` is one page lower, ``(1 << 47) - PAGE_SIZE``.)
+USER_TOP = 1 << 47
+
 
 # --------------------------------------------------------------------------------------------------
 # mm_struct, vm_area_struct, anon_vma

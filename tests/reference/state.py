@@ -19,7 +19,7 @@ from vmstate.kernels.constants import (
 )
 from vmstate.errors import BadInput
 
-from .mm import AnonVma, MmStruct, VmAreaStruct
+from .mm import USER_TOP, AnonVma, MmStruct, VmAreaStruct
 from .page import (
     Page, PageCompound, PageDoubleMap, PageHead, PageLocked, PageTransCompound, compound_head,
     compound_mapcount, is_cow_mapping, page_dup_rmap, pmd_addr_end, pmd_trans_huge, pte_mkold,
@@ -120,14 +120,18 @@ class ReferenceState:
         return proc
 
     @staticmethod
-    def _check_addr(addr: int) -> None:
-        if addr < 0 or addr % PAGE_SIZE:
-            raise BadInput(f"addr {addr:#x}: expected a 4 KiB-aligned address >= 0", field="addr")
-
-    def _check_range(self, addr: int, length: int) -> int:
-        self._check_addr(addr)
-        if length <= 0 or length % PAGE_SIZE:
-            raise BadInput(f"len {length:#x}: expected a positive multiple of 4 KiB", field="len")
+    def _check_range(addr: int, length: int) -> int:
+        """The engine's checks of an address range (``vmstate/engine/operations.py``), the same
+        fields and messages: ``addr`` a positive multiple of 4 KiB (address 0 is refused), ``len``
+        a positive multiple of 4 KiB, the range inside the 47-bit user address space. Returns the
+        end."""
+        if not isinstance(addr, int) or addr <= 0 or addr % PAGE_SIZE:
+            raise BadInput(f"expected a positive multiple of 4096 (4K), got {addr!r}", field="addr")
+        if not isinstance(length, int) or length <= 0 or length % PAGE_SIZE:
+            raise BadInput(f"expected a positive multiple of 4096 (4K), got {length!r}", field="len")
+        if addr + length > USER_TOP:
+            raise BadInput(f"range 0x{addr:x}+0x{length:x} ends above the 47-bit user address space",
+                           field="len")
         return addr + length
 
     @staticmethod
@@ -512,9 +516,11 @@ class ReferenceState:
     def mmap(self, mm: str, addr: int, length: int, thp: bool = True) -> None:
         """mmap(MAP_PRIVATE|MAP_ANONYMOUS) (+ MADV_HUGEPAGE), then a fault on every page in address
         order: one block per 2 MiB slot touched, a THP where the slot is entirely inside."""
+        end = self._check_range(addr, length)
+        if not isinstance(thp, bool):
+            raise BadInput(f"expected true or false, got {thp!r}", field="thp")
         if mm in self.used_names and mm not in self.mms:
             raise BadInput(f"process {mm!r} has exited", field="mm")
-        end = self._check_range(addr, length)
         proc = self.mms.get(mm)
         if proc is not None and proc.vmas_overlapping(addr, end):
             raise BadInput(f"{mm!r}: {addr:#x}-{end:#x} overlaps a mapping", field="addr")
@@ -634,7 +640,7 @@ class ReferenceState:
     def split_pmd(self, mm: str, addr: int) -> None:
         """split_huge_pmd() on the PMD mapping ``addr``; nothing where it is not a huge PMD."""
         proc = self._live_mm(mm)
-        self._check_addr(addr)
+        self._check_range(addr, PAGE_SIZE)  # as the engine: the page at addr ("len" if above 2^47)
         vma = proc.vma_lookup(addr)
         if vma is None:
             raise BadInput(f"{mm!r}: {addr:#x} is not mapped", field="addr")
