@@ -1,5 +1,5 @@
 import sys
 from pathlib import Path
 
-# tests/reference.py (the oracle) is imported as a plain module by the tests beside it.
+# tests/reference/ (the oracle) is imported as a plain package by the tests beside it.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -9,7 +9,8 @@ import pytest
 
 from vmstate.kernels.constants import (
     _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
-    ANON_FAULT_FLAGS, COSTS, EBUSY, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty, PG_head, PG_locked, PG_tail,
+    ANON_FAULT_FLAGS, COSTS, EBUSY, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty, PG_head, PG_hwpoison,
+    PG_locked, PG_tail,
     SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, TAIL_MAPPING,
     VM_EVENTS,
 )
@@ -225,6 +226,26 @@ def test_split_of_a_pmd_mapped_thp():
     # puts 511; the caller's put 1
     assert s.atomics == {"mapcount_writes": 1 + N + 1 + N + N,
                          "refcount_ops": 1 + 1 + N + (N - 1) + 1 + N + (N - 1) + 1}
+
+
+@pytest.mark.parametrize("variant", ["v5", V])
+def test_split_keeps_pg_hwpoison_on_tails(variant):
+    """``__split_huge_page_tail()`` clears ``~PAGE_FLAGS_CHECK_AT_PREP``, which leaves __PG_HWPOISON
+    in both variants (v4.5 as v5: ``&= ~PAGE_FLAGS_CHECK_AT_PREP`` excludes it since commit
+    f4c18e6f7b5b); page[1], which holds PG_double_map in 4.5, keeps it too."""
+    s = ReferenceState(variant)
+    s.mmap("a", BASE, MB2)
+    s.fork("a", "b")
+    s.split_pmd("b", BASE)                                # 4.5: PG_double_map on page[1]
+    hwpoison = 1 << PG_hwpoison
+    for i in (1, 5):
+        s.pages[HEAD0 + i].flags |= hwpoison
+    assert s.split("a", BASE, MB2) == [(HEAD0, 0, SPLIT_OK)]
+    d = s.dump()
+    assert d["pages"][HEAD0 + 1][0] == TAIL_AFTER_SPLIT | hwpoison   # PG_double_map cleared
+    assert d["pages"][HEAD0 + 5][0] == TAIL_AFTER_SPLIT | hwpoison
+    assert d["pages"][HEAD0 + 6][0] == TAIL_AFTER_SPLIT
+    assert not d["pages"][HEAD0][0] & hwpoison
 
 
 def test_split_of_a_pmd_mapped_thp_v5_atomics():
