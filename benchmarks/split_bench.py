@@ -11,7 +11,7 @@ One JSON line (or a readable block) per configuration, each run in its own subpr
   the ``split`` op (page walk, rmap arrays, fused prange kernel): ``split_s``, ``us_per_thp``;
 - ``bytes_per_thp``: bytes the split reads and writes per THP (page records and PTE tables), and
   ``roofline_us_per_thp`` = that / the streaming copy bandwidth measured in the same run;
-- ``reference_us_per_thp``: the pure-Python reference model (tests/reference.py) on ``--ref-thps``;
+- ``reference_us_per_thp``: the pure-Python reference model (tests/reference/) on ``--ref-thps``;
 - ``kernel_us_per_thp``: the running kernel's own split (benchmarks/kernel_split.py), when root.
 
 Configurations: ``pmd`` (PMD-mapped, exclusive), ``shared`` (every THP mapped by 2 processes after

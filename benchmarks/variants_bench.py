@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/variants_bench.py [--ref-thps 16] [--thps 20000] [--json] [--plot FILE.png]
 
-Counts come from the pure-Python reference model (tests/reference.py: every write to a
+Counts come from the pure-Python reference model (tests/reference/: every write to a
 ``_mapcount``/compound_mapcount and every atomic on ``_count`` is counted where the kernel C does
 it), per THP; PTE writes from its cost counters; µs per THP from the engine on ``--thps`` THPs.
 Two workloads:

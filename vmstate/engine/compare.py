@@ -1,6 +1,6 @@
 """The engine's state in the plain-Python comparison format of ``docs/semantics.md`` (``dump()``).
 
-The reference model (``tests/reference.py``) returns the same structure; tests compare with ``==``.
+The reference model (``tests/reference/``) returns the same structure; tests compare with ``==``.
 """
 import numpy as np
 
