@@ -40,7 +40,9 @@ def _copy_tree(dst):
 
 
 def _env(**kw):
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+    # the children jit (and cache) even in the NUMBA_DISABLE_JIT=1 run of the suite
+    drop = ("NUMBA_CACHE_DIR", "PYTHONPATH", "NUMBA_DISABLE_JIT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update({k: str(v) for k, v in kw.items()})
     return env
