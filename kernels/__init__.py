@@ -2,31 +2,19 @@
 functions they mirror (``mm/huge_memory.c``, ``mm/rmap.c``). No classes, no argument checking: the
 wrappers in :mod:`vmstate` own validation and state.
 
-Compile policy, in one place: every kernel is ``@njit(cache=True)``. numba keys a cached function on
-its own file only, so a kernel that inlines one from another module would keep stale code after that
-module changed; the check below drops the whole cache when any kernel source changed.
+Compile policy, in one place: every kernel is ``@njit(cache=True)``, and every kernel module (any
+depth, so a variant subpackage too) is imported here, inside :func:`~vmstate.kernels._cache.kernel_cache`:
+numba then caches them in a directory keyed by the digest of all kernel sources (see ``_cache.py``),
+so a change to one module never leaves stale code of another in the cache, and no cache is deleted.
+Importing any ``vmstate.kernels.<module>`` runs this first.
 """
-import hashlib
-from pathlib import Path
+import importlib
+import pkgutil
 
+from vmstate.kernels._cache import kernel_cache
 
-def _drop_stale_cache():
-    here = Path(__file__).resolve().parent
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
-    cache = here / "__pycache__"
-    stamp = cache / "vmstate-kernels.sha256"
-    try:
-        if stamp.read_text() == digest:
-            return
-    except OSError:
-        pass
-    try:
-        cache.mkdir(exist_ok=True)
-        for f in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
-            f.unlink()
-        stamp.write_text(digest)
-    except OSError:
-        pass  # read-only install: numba then compiles in memory
-
-
-_drop_stale_cache()
+with kernel_cache() as JIT_CACHE_DIR:
+    for _module in pkgutil.walk_packages(__path__, prefix=__name__ + "."):
+        if not _module.name.rsplit(".", 1)[-1].startswith("_"):
+            importlib.import_module(_module.name)
+    del _module

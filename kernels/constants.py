@@ -1,8 +1,9 @@
 """Every constant the engine, the kernels and the reference model share, defined once.
 
 numba freezes module globals into compiled (and cached) code, so these never change at run time.
-Bit numbers follow Linux v4.0 ``include/linux/page-flags.h`` (x86-64, CONFIG_PAGEFLAGS_EXTENDED) and
-``arch/x86/include/asm/pgtable_types.h``.
+Bit numbers follow Linux v4.0 ``include/linux/page-flags.h`` (x86-64 with CONFIG_PAGEFLAGS_EXTENDED,
+CONFIG_MMU, CONFIG_X86_PAT and CONFIG_MEMORY_FAILURE, as in x86_64_defconfig) and
+``arch/x86/include/asm/pgtable_types.h``; tests/test_constants.py checks every value against its source.
 """
 
 PAGE_SHIFT = 12
@@ -36,7 +37,8 @@ PG_reclaim = 18
 PG_swapbacked = 19
 PG_unevictable = 20
 PG_mlocked = 21
-PG_hwpoison = 22
+# 22 is PG_uncached: CONFIG_ARCH_USES_PG_UNCACHED, which arch/x86/Kconfig selects with X86_PAT.
+PG_hwpoison = 23
 # Mainline 4.5: PG_double_map is PG_private_2 on the first tail page (PF_SECOND): the THP is mapped by
 # PMDs and PTEs at once, and every subpage's raw _mapcount carries +1 for it.
 PG_double_map = PG_private_2

@@ -181,13 +181,47 @@ def test_len_value(tmp_path, length, shown):
 
 
 @pytest.mark.parametrize("length, shown", [
-    ('"64MB"', "'64MB'"), ('"64 M"', "'64 M'"), ('""', "''"), ('"1T"', "'1T'"),
+    ('"64MB"', "'64MB'"), ('"64 M"', "'64 M'"), ('""', "''"), ('"1X"', "'1X'"), ('"08"', "'08'"),
+    ('"0x"', "'0x'"), ('"-4K"', "'-4K'"), ('"1KK"', "'1KK'"), ('"0b1000000000000"', "'0b1000000000000'"),
     ("true", "boolean true"), ("4096.0", "float 4096.0"),
 ])
 def test_len_type(tmp_path, length, shown):
     check(tmp_path, ops(MMAP_A, munmap(length=length)),
           "op 2 (line 9): field 'len': expected a size: bytes as an integer, or a string like "
-          f'"4K", "64M", "1G", got {shown}', "len")
+          f'"4K", "64M", "1G" (memparse: K, M, G, T, P, E), got {shown}', "len")
+
+
+@pytest.mark.parametrize("length, size", [
+    ('"4096"', 4096), ('"8K"', 8 << 10), ('"8k"', 8 << 10), ('"2M"', 2 << 20), ('"2m"', 2 << 20),
+    ('"1G"', 1 << 30), ('"1g"', 1 << 30), ('"1T"', 1 << 40), ('"1t"', 1 << 40),
+    ('"64T"', 64 << 40), ('"127t"', 127 << 40),
+    ('"0x1000"', 0x1000), ('"0X2000"', 0x2000), ('"0x2M"', 2 << 20), ('"0x1e000"', 0x1E000),
+    ('"010000"', 0o10000), ('"04K"', 4 << 10),  # memparse's base 0: a leading 0 is octal
+])
+def test_len_memparse_suffixes(tmp_path, length, size):
+    """lib/cmdline.c memparse(): an integer (0x hex, 0 octal, decimal), then K, M, G, T, P or E in
+    either case; ``0x1e000`` is hex digits only (strtoull takes the E)."""
+    path = tmp_path / "s.toml"
+    path.write_text(ops(MMAP_A, munmap(length=length)))
+    assert load_scenario(path).ops[1].fields["len"] == size
+
+
+@pytest.mark.parametrize("length, size", [
+    ('"129T"', 129 << 40), ('"256t"', 256 << 40), ('"1P"', 1 << 50), ('"1p"', 1 << 50),
+    ('"1E"', 1 << 60), ('"1e"', 1 << 60), ('"16E"', 16 << 60), ('"0x1000000000000"', 1 << 48),
+    (str(1 << 48), 1 << 48),
+])
+def test_len_beyond_the_47_bit_address_space(tmp_path, length, size):
+    shown = str(size) if not length.startswith('"') else f"{length[1:-1]!r} ({size})"
+    check(tmp_path, ops(MMAP_A, munmap(length=length)),
+          "op 2 (line 9): field 'len': expected a size within the 47-bit user address space "
+          f"(at most 0x800000000000, 128T), got {shown}", "len")
+
+
+def test_len_of_the_whole_address_space_is_a_size_but_not_a_range(tmp_path):
+    check(tmp_path, ops(MMAP_A, munmap(length='"128T"')),
+          "op 2 (line 9): field 'len': expected the range to end within user space "
+          "(addr + len <= 0x800000000000), got 0x800000200000", "len")
 
 
 def test_range_beyond_user_space(tmp_path):

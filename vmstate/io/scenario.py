@@ -42,8 +42,10 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
 SCENARIO_KEYS = {"name": True, "seed": False, "variant": False}  # key -> required
 TOP_LEVEL = ("scenario", "op", "population")
 PROTS = ("r", "rw")
-_SIZE = re.compile(r"(0x[0-9a-fA-F]+|[0-9]+)([KkMmGg]?)")
-_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30}
+# lib/cmdline.c memparse(): simple_strtoull(s, &end, 0) (0x hex, a leading 0 octal, else decimal),
+# then one optional suffix K, M, G, T, P or E, either case, each a further << 10.
+_SIZE = re.compile(r"(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([KkMmGgTtPpEe]?)")
+_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 _LABEL = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -288,12 +290,18 @@ def _check_len(ctx: _Ctx, key: str, value):
     if type(value) is int:
         size = value
     elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
-        size = int(m[1], 0) << _SHIFT[m[2].lower()]
+        digits = m[1]
+        base = 16 if digits[1:2] in ("x", "X") else 8 if digits.startswith("0") else 10
+        size = int(digits, base) << _SHIFT[m[2].lower()]
     else:
-        ctx.expected(key, 'a size: bytes as an integer, or a string like "4K", "64M", "1G"', value)
+        ctx.expected(key, 'a size: bytes as an integer, or a string like "4K", "64M", "1G" '
+                          '(memparse: K, M, G, T, P, E)', value)
+    shown = str(size) if size == value else f"{value!r} ({size})"
     if size <= 0 or size % PAGE_SIZE:
-        shown = str(size) if size == value else f"{value!r} ({size})"
         ctx.expected(key, "a positive multiple of 4096 (4K)", value, shown=shown)
+    if size > TASK_SIZE:
+        ctx.expected(key, f"a size within the 47-bit user address space (at most {TASK_SIZE:#x}, "
+                          f"128T)", value, shown=shown)
     return size
 
 
