@@ -103,8 +103,7 @@ TABLE = [
     # include/uapi/asm-generic/errno-base.h
     ("EBUSY", 16, f"{V4_0} include/uapi/asm-generic/errno-base.h: #define EBUSY 16"),
     # vmstate's enumerations
-    ("V5", 0, f"{VMSTATE}: variant"), ("V4_5", 1, f"{VMSTATE}: variant"),
-    ("VARIANTS", {"v5": 0, "v4.5": 1}, f"{VMSTATE}: variant names"),
+    ("VARIANTS", ("v5", "v4.5"), f"{VMSTATE}: variant names (vmstate.kernels.variants builds each)"),
     ("SPLIT_OK", 0, f"{VMSTATE}: split result"),
     ("SPLIT_FAIL_ANON_VMA", 1, f"{VMSTATE}: split result"),
     ("SPLIT_FAIL_PRECHECK", 2, f"{VMSTATE}: split result"),

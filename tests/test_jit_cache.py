@@ -129,8 +129,9 @@ def test_read_only_install_caches_under_the_user_cache(tmp_path):
 
 def test_importing_one_kernel_module_decorates_all_in_the_keyed_dir(tmp_path):
     code = ("import numba, vmstate.kernels.mapcount as m, vmstate.kernels as k, vmstate.kernels.split as s;"
+            "from vmstate.kernels.variants import KERNELS;"
             "print(repr(numba.config.CACHE_DIR)); print(k.JIT_CACHE_DIR);"
-            "print(m.total_mapcount.stats.cache_path); print(s.split_huge_pages_parallel.stats.cache_path)")
+            "print(m.total_mapcount.stats.cache_path); print(KERNELS['v4.5'].split_huge_pages.stats.cache_path)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env=_env(NUMBA_CACHE_DIR=tmp_path), timeout=120)
     assert out.returncode == 0, out.stderr
