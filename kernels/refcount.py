@@ -87,6 +87,20 @@ def page_remove_rmap_pte(page, i, events):
 
 
 @njit(cache=True, inline="always")
+def drop_mapcount_offset(page, events):
+    """The last compound mapping of a THP went: the +1 every subpage's raw ``_mapcount`` carried for
+    it goes too, and a subpage left at -1 (no PTE maps it) queues the THP for deferred split."""
+    mc = page["_mapcount"]
+    queue = False
+    for i in range(HPAGE_PMD_NR):
+        mc[i] -= 1
+        if mc[i] == -1:
+            queue = True
+    if queue:
+        deferred_split_huge_page(page, events)
+
+
+@njit(cache=True, inline="always")
 def page_dup_rmap_pte(page, i):
     """Mirror of ``page_dup_rmap(page + i, false)``: one more PTE mapping of the page."""
     page["_mapcount"][i] += 1

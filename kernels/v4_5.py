@@ -13,7 +13,7 @@ from vmstate.kernels.constants import (
     PG_hwpoison, PG_lru, PTE_PFN_MASK, PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_DIRTY, _PAGE_PRESENT,
     _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
 )
-from vmstate.kernels.refcount import deferred_split_huge_page, page_remove_rmap_pte
+from vmstate.kernels.refcount import deferred_split_huge_page, drop_mapcount_offset, page_remove_rmap_pte
 
 NAME = "v4.5"
 _DOUBLE_MAP = 1 << PG_double_map
@@ -55,14 +55,7 @@ def page_remove_anon_compound_rmap(page, events):
         deferred_split_huge_page(page, events)
         return
     flags[1] &= _NOT_DOUBLE_MAP  # TestClearPageDoubleMap
-    mc = page["_mapcount"]
-    queue = False
-    for i in range(HPAGE_PMD_NR):
-        mc[i] -= 1
-        if mc[i] == -1:
-            queue = True
-    if queue:
-        deferred_split_huge_page(page, events)
+    drop_mapcount_offset(page, events)
 
 
 @njit(cache=True, inline="always")

@@ -13,7 +13,7 @@ from vmstate.kernels.constants import (
     _PAGE_VMS_MIGRATION,
 )
 from vmstate.kernels.mapcount import page_mapcount
-from vmstate.kernels.refcount import deferred_split_huge_page
+from vmstate.kernels.refcount import drop_mapcount_offset
 
 NAME = "v5"
 
@@ -47,14 +47,7 @@ def page_remove_anon_compound_rmap(page, events):
     page["compound_mapcount"] -= 1
     if page["compound_mapcount"] >= 0:
         return
-    mc = page["_mapcount"]
-    queue = False
-    for i in range(HPAGE_PMD_NR):
-        mc[i] -= 1
-        if mc[i] == -1:
-            queue = True
-    if queue:
-        deferred_split_huge_page(page, events)
+    drop_mapcount_offset(page, events)
 
 
 @njit(cache=True, inline="always")
