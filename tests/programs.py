@@ -18,7 +18,8 @@ NAMES = ["a", "b", "c", "d", "e", "f", "g", "h"]
 # pages, whole and partial THPs, ranges over holes.
 slot = st.integers(0, 9)
 page_off = st.sampled_from([0, 0, 0, 0, 1, 17, 256, 511])
-length_pages = st.sampled_from([1, 2, 100, 256, 511, 512, 512, 513, 1024, 1024, 1100, 1536, 2048])
+length_pages = st.sampled_from([1, 2, 100, 256, 510, 511, 512, 512, 513, 1023, 1024, 1024, 1025, 1100,
+                                1536, 2048])
 
 # Pins that race the split (issue 5): none most of the time, else a pin arriving after the precheck
 # or after the freeze and leaving at a later point (or never).
@@ -26,6 +27,16 @@ races = st.one_of(st.none(), st.none(), st.builds(
     Race, pin=st.sampled_from(["after_precheck", "after_freeze"]),
     unpin=st.sampled_from(["after_freeze", "after_split", "never"]),
     fraction=st.sampled_from([0.5, 1.0]), seed=st.integers(0, 3)))
+
+
+def edge_point(data, lo, hi):
+    """A page number in ``[lo, hi]``: half the time uniform, else an end of the interval or a page
+    at subpage 0, 1 or 511 of a 2 MiB slot inside it."""
+    edges = {lo, hi}
+    for slot_start in range(lo - lo % 512, hi + 1, 512):
+        edges.update(p for p in (slot_start, slot_start + 1, slot_start + 511, slot_start + 512)
+                     if lo <= p <= hi)
+    return data.draw(st.one_of(st.integers(lo, hi), st.sampled_from(sorted(edges))))
 
 
 def addr_of(s, off):
@@ -83,14 +94,15 @@ class Programs(RuleBasedStateMachine):
         return errors[0] is None, results
 
     def live_vma_range(self, data, name):
+        """A range inside one live VMA of ``name``, its ends biased to 2 MiB edges and to subpages 1
+        and 511 of a slot (the shapes uniform draws rarely build)."""
         vmas = self.b.dump()["vmas"].get(name) or []
         if not vmas:
             return None
         start, end, *_ = data.draw(st.sampled_from(vmas))
-        pages = (end - start) // PAGE
-        lo = data.draw(st.integers(0, pages - 1))
-        n = data.draw(st.integers(1, pages - lo))
-        return start + lo * PAGE, n * PAGE
+        first = edge_point(data, start // PAGE, end // PAGE - 1)
+        last = edge_point(data, first + 1, end // PAGE)
+        return first * PAGE, (last - first) * PAGE
 
     def after_start(self, thps):
         """Checks right after the first mmap (a hook)."""

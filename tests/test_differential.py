@@ -12,7 +12,7 @@ import os
 
 from hypothesis.stateful import invariant
 
-from programs import Programs, machine_settings
+from programs import Programs, held, machine_settings
 from reference import ReferenceState
 from vmstate import BadInput, MemoryState
 from vmstate.engine.compare import diff_dumps
@@ -30,6 +30,10 @@ class Differential(Programs):
         a, b = self.a.dump(), self.b.dump()
         if a != b:
             raise AssertionError("engine and reference diverge:\n" + "\n".join(diff_dumps(a, b)))
+
+    @invariant()
+    def same_pins(self):
+        assert held(self.a) == held(self.b), f"pins: engine {held(self.a)}, reference {held(self.b)}"
 
     @invariant()
     def validators_pass(self):

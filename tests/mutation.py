@@ -1,0 +1,239 @@
+"""The mutation check: single-point mutants of the kernels and the operations, each run against the
+oracle (``tests/corners.py``: the corner programs, then random differential programs), which must
+kill every one that is not equivalent.
+
+A mutant is ``(id, file, original, mutated)``: ``original`` must occur exactly once in ``file``.
+Each runs in a copy of the package (``kernels/`` copied into ``vmstate/kernels``) with
+``NUMBA_DISABLE_JIT=1``, so no kernel is compiled and no cache is shared. ``EQUIVALENT`` lists the
+mutants that cannot change any reachable state, with the reason.
+
+``python tests/mutation.py [--jobs J] [--fuzz N] [--no-corners] [ID ...]`` prints one line per mutant and the kill
+rate, and exits 1 if a non-equivalent mutant survived. ``tests/test_mutation.py`` runs it in CI.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+MUTANTS = [
+    # ---- mapcount ----
+    ("mapcount.total_offset", "kernels/mapcount.py", "        ret -= HPAGE_PMD_NR\n",
+     "        ret -= HPAGE_PMD_NR - 1\n"),
+    ("mapcount.page_mapcount", "kernels/mapcount.py",
+     "return _mapcount[i] + 1 + compound_mapcount_raw + 1 - offset",
+     "return _mapcount[i] + compound_mapcount_raw + 1 - offset"),
+    ("mapcount.v5_offset", "kernels/v5.py", 'return 1 if page["compound_mapcount"] >= 0 else 0',
+     'return 1 if page["compound_mapcount"] > 0 else 0'),
+    ("mapcount.v45_offset", "kernels/v4_5.py", 'return 1 if page["flags"][1] & _DOUBLE_MAP else 0',
+     "return 0"),
+    ("mapcount.v45_offset_for", "kernels/v4_5.py", "    if pmd_maps > 0 and pte_maps > 0:",
+     "    if pmd_maps > 0:"),
+    # ---- refcount ----
+    ("refcount.get_page", "kernels/refcount.py",
+     '    page["_count"][compound_head_index(page, i)] += 1', '    page["_count"][i] += 1'),
+    ("refcount.compound_head", "kernels/refcount.py", "    if page[\"flags\"][i] & _TAIL:\n        return 0",
+     "    if page[\"flags\"][i] & _TAIL:\n        return i"),
+    ("refcount.free_leaves_queue", "kernels/refcount.py", '        page["deferred"] = 0\n',
+     '        page["deferred"] = page["deferred"]\n'),
+    ("refcount.freed_count", "kernels/refcount.py", "        costs[C_PAGES_FREED] += HPAGE_PMD_NR",
+     "        costs[C_PAGES_FREED] += 1"),
+    ("refcount.rmap_pte_queue", "kernels/refcount.py",
+     'if page["_mapcount"][i] == -1 and page["flags"][0] & _HEAD:',
+     'if page["_mapcount"][i] == 0 and page["flags"][0] & _HEAD:'),
+    ("refcount.deferred_once", "kernels/refcount.py", "    if not page[\"deferred\"]:\n        page[\"deferred\"] = 1",
+     "    if True:\n        page[\"deferred\"] = 1"),
+    ("refcount.drop_offset", "kernels/refcount.py", "        mc[i] -= 1\n        if mc[i] == -1:",
+     "        mc[i] -= 1\n        if mc[i] == 0:"),
+    ("refcount.get_pages", "kernels/refcount.py",
+     'page["_count"][compound_head_index(page, pfns[k] % HPAGE_PMD_NR)] += nr',
+     'page["_count"][pfns[k] % HPAGE_PMD_NR] += nr'),
+    # ---- the PMD split ----
+    ("pmd.tlb_flush", "kernels/pmd.py", "    costs[C_TLB_FLUSH] += 1\n    costs[C_PTE_WRITE] += HPAGE_PMD_NR",
+     "    costs[C_TLB_FLUSH] += 2\n    costs[C_PTE_WRITE] += HPAGE_PMD_NR"),
+    ("pmd.migration_write", "kernels/pmd.py", "e |= _PAGE_VMS_MIGRATION | write",
+     "e |= _PAGE_VMS_MIGRATION"),
+    ("pmd.young", "kernels/pmd.py", "e |= _PAGE_PRESENT | SPLIT_PMD_PTE_DIRTY | write | young",
+     "e |= _PAGE_PRESENT | SPLIT_PMD_PTE_DIRTY | write"),
+    ("pmd.v5_not_last", "kernels/v5.py",
+     'if page["compound_mapcount"] >= 0:  # !atomic_add_negative',
+     'if page["compound_mapcount"] > 0:  # !atomic_add_negative'),
+    ("pmd.v5_count", "kernels/v5.py", '    page["_count"][0] += HPAGE_PMD_NR - 1\n',
+     '    page["_count"][0] += HPAGE_PMD_NR\n'),
+    ("pmd.v45_double_map", "kernels/v4_5.py", 'if page["compound_mapcount"] + 1 > 1 and not',
+     'if page["compound_mapcount"] + 1 > 0 and not'),
+    ("pmd.v45_dirty_page", "kernels/v4_5.py", "SPLIT_PMD_SETS_PAGE_DIRTY = True",
+     "SPLIT_PMD_SETS_PAGE_DIRTY = False"),
+    ("pmd.mmu_notifier", "kernels/pmd.py", "    costs[C_PMD_LOCK] += 1\n    costs[C_MMU_NOTIFIER] += 1\n",
+     "    costs[C_PMD_LOCK] += 1\n"),
+    # ---- freeze ----
+    ("freeze.pmd_lock_none", "kernels/freeze.py", "    costs[C_PMD_LOCK] += 1\n    if row < 0:",
+     "    costs[C_PMD_LOCK] += 1 if row >= 0 else 0\n    if row < 0:"),
+    ("freeze.write_bit", "kernels/freeze.py", "(e & (PTE_PFN_MASK | _PAGE_RW | _PAGE_SOFT_DIRTY))",
+     "(e & (PTE_PFN_MASK | _PAGE_SOFT_DIRTY))"),
+    ("freeze.pte_lock", "kernels/freeze.py", "    costs[C_PTE_LOCK] += 1\n    pte = tables",
+     "    pte = tables"),
+    ("freeze.mmu_notifier", "kernels/freeze.py", "        costs[C_MMU_NOTIFIER] += 1\n        freeze_page_vma",
+     "        freeze_page_vma"),
+    ("freeze.v45_from_vm_start", "kernels/v4_5.py", "FREEZE_FROM_VM_START = True",
+     "FREEZE_FROM_VM_START = False"),
+    ("freeze.v45_put", "kernels/v4_5.py", '    page_remove_rmap_pte(page, i, events)\n    page["_count"][0] -= 1\n',
+     '    page_remove_rmap_pte(page, i, events)\n'),
+    # ---- unfreeze ----
+    ("unfreeze.v5_vma_write", "kernels/v5.py", "    if e & _PAGE_RW and writable:\n        new |= _PAGE_RW\n    pte[i] = new\n    costs[C_PTE_WRITE] += 1\n\n\n@njit(cache=True)\ndef unfreeze_page(",
+     "    if e & _PAGE_RW:\n        new |= _PAGE_RW\n    pte[i] = new\n    costs[C_PTE_WRITE] += 1\n\n\n@njit(cache=True)\ndef unfreeze_page("),
+    ("unfreeze.v5_no_table_notifier", "kernels/v5.py",
+     "        else:\n            for i in range(vma_lo[v], vma_hi[v]):\n                if page_mapcount(_mapcount, i, cmc, offset):\n                    costs[C_MMU_NOTIFIER] += 1",
+     "        else:\n            for i in range(vma_lo[v], vma_hi[v]):\n                if page_mapcount(_mapcount, i, cmc, offset):\n                    costs[C_MMU_NOTIFIER] += 0"),
+    ("unfreeze.v5_pte_lock", "kernels/v5.py", "    costs[C_PTE_LOCK] += 1\n    e = pte[i]",
+     "    e = pte[i]"),
+    ("unfreeze.v5_mapped_only", "kernels/v5.py",
+     "            for i in range(vma_lo[v], vma_hi[v]):\n                if page_mapcount(_mapcount, i, cmc, offset):\n                    costs[C_MMU_NOTIFIER] += 1\n                    unfreeze_page_vma",
+     "            for i in range(vma_lo[v], vma_hi[v]):\n                if True:\n                    costs[C_MMU_NOTIFIER] += 1\n                    unfreeze_page_vma"),
+    ("unfreeze.v45_dirty", "kernels/v4_5.py", '        if page["flags"][h] & (1 << PG_dirty):\n            new |= _PAGE_DIRTY',
+     '        if False:\n            new |= _PAGE_DIRTY'),
+    ("unfreeze.v45_get_page", "kernels/v4_5.py", '        page["_count"][h] += 1     # get_page(page)',
+     '        page["_count"][0] += 1     # get_page(page)'),
+    ("unfreeze.v45_notifier", "kernels/v4_5.py",
+     "    for v in range(v0, v1):\n        costs[C_MMU_NOTIFIER] += 1\n        unfreeze_page_vma(",
+     "    for v in range(v0, v1):\n        unfreeze_page_vma("),
+    # ---- the tail split and split_huge_page_to_list ----
+    ("tail.v5_dirty", "kernels/v5.py", "                   | (1 << PG_dirty) | (1 << PG_lru))",
+     "                   | (1 << PG_lru))"),
+    ("tail.v5_count", "kernels/v5.py", "    _count[tail] += mapcount + 1\n    # flags",
+     "    _count[tail] += mapcount\n    # flags"),
+    ("tail.v45_dirty", "kernels/v4_5.py", "| (head_flags & (TAIL_COPY_FLAGS | (1 << PG_dirty))) | (1 << PG_lru))",
+     "| (head_flags & TAIL_COPY_FLAGS) | (1 << PG_lru))"),
+    ("tail.leaves_queue", "kernels/split.py", '    page["deferred"] = 0              # v5 26/28',
+     '    page["deferred"] = page["deferred"]  # v5 26/28'),
+    ("tail.freed", "kernels/split.py", "            freed += 1\n", "            freed += 0\n"),
+    ("tail.hwpoison_kept", "kernels/split.py", "            flags[i] &= 1 << PG_hwpoison\n",
+     "            flags[i] = 0\n"),
+    ("split.anon_vma_lock", "kernels/split.py", "    costs[C_ANON_VMA_LOCK] += 1\n",
+     "    costs[C_ANON_VMA_LOCK] += 2\n"),
+    ("split.v5_recheck", "kernels/v5.py", "    return mapcount == count - 1\n", "    return mapcount <= count - 1\n"),
+    ("split.race_unpin", "kernels/split.py", "if race_unpin[k] == RACE_AFTER_SPLIT and _raced(why):",
+     "if race_unpin[k] == RACE_AFTER_SPLIT:"),
+    # ---- zap ----
+    ("zap.whole_pmd", "kernels/memory.py", "            if lo[r] == 0 and hi[r] == HPAGE_PMD_NR:",
+     "            if lo[r] == 0 and hi[r] >= HPAGE_PMD_NR - 1:"),
+    ("zap.table_freed", "kernels/pmd.py", '    pmds[row]["pmd"] = 0\n    pmds[row]["pte_table"] = -1\n',
+     '    pmds[row]["pmd"] = 0\n'),
+    ("zap.v5_compound_last", "kernels/v5.py",
+     '    page["compound_mapcount"] -= 1\n    if page["compound_mapcount"] >= 0:\n        return\n    drop',
+     '    page["compound_mapcount"] -= 1\n    if page["compound_mapcount"] > 0:\n        return\n    drop'),
+    ("zap.v45_queue_whole", "kernels/v4_5.py", "    if not flags[1] & _DOUBLE_MAP:\n        deferred_split_huge_page(page, events)\n        return",
+     "    if not flags[1] & _DOUBLE_MAP:\n        return"),
+    ("zap.pte_range_end", "kernels/memory.py", "    for i in range(lo, hi):  # tlb_flush_mmu()",
+     "    for i in range(lo, hi - 1):  # tlb_flush_mmu()"),
+    # ---- fork ----
+    ("fork.child_old", "kernels/pmd.py", '    pmds[dst]["pmd"] = entry & _NOT_ACCESSED',
+     '    pmds[dst]["pmd"] = entry'),
+    ("fork.pte_wrprotect", "kernels/memory.py", "        e &= _NOT_RW\n        src[i] = e",
+     "        src[i] = e"),
+    ("fork.huge_get_page", "kernels/pmd.py", "    get_page(blocks, b, 0)\n    blocks[b][\"compound_mapcount\"] += 1",
+     "    blocks[b][\"compound_mapcount\"] += 1"),
+    ("fork.dup_rmap", "kernels/memory.py", "        page_dup_rmap_pte(blocks[b], j)\n", ""),
+    ("fork.child_table", "vmstate/engine/memory.py", "        elif entry & _PAGE_PRESENT:\n            ct =",
+     "        elif entry & _PAGE_PRESENT and a == 0:\n            ct ="),
+    # ---- mprotect, VMAs, mmap ----
+    ("mprotect.huge_pmd", "vmstate/engine/mprotect.py", "            state.pmd[r] &= ~np.uint64(_PAGE_RW)\n",
+     "            pass\n"),
+    ("mprotect.same_flags", "vmstate/engine/mprotect.py", "        if vma.vm_flags & VM_WRITE == want:\n            continue",
+     "        if vma.vm_flags & VM_WRITE == want and False:\n            continue"),
+    ("vma.split_pgoff", "vmstate/engine/mmap.py", "upper = Vma(vma.mm, at, vma.vm_end, at >> PAGE_SHIFT,",
+     "upper = Vma(vma.mm, at, vma.vm_end, vma.vm_pgoff,"),
+    ("mmap.partial_thp", "vmstate/engine/mmap.py", "        if thp and a == 0 and z == HPAGE_PMD_NR:",
+     "        if thp and z == HPAGE_PMD_NR:"),
+    ("rmap.vma_lo", "vmstate/engine/huge_memory.py", "np.maximum(0, v.vm_pgoff - ii)", "np.maximum(1, v.vm_pgoff - ii)"),
+    # ---- pin ----
+    ("pin.all_pages", "vmstate/engine/gup.py", "    k_refcount.get_pages(state.blocks.a, pfns, 1)",
+     "    k_refcount.get_pages(state.blocks.a, pfns[:1], 1)"),
+    ("pin.unpin_count", "vmstate/engine/gup.py", "    top.nr -= 1\n", "    top.nr -= 0\n"),
+    ("pin.merge", "vmstate/engine/gup.py", "    if stack and np.array_equal(stack[-1].pfns, pfns):",
+     "    if stack:"),
+]
+
+EQUIVALENT = {
+    "split.v5_recheck": "total_mapcount > page_count - 1 is the BUG branch, which no valid state "
+                        "reaches (the validators hold after every op): <= and == agree on every "
+                        "reachable state",
+    "pmd.v45_double_map": "setting PG_double_map when the last PMD is split is undone at once: the "
+                          "same call finds compound_mapcount < 0 and clears it with its +1",
+    "freeze.v45_from_vm_start": "the PTEs below the VMA's first subpage in that table either map "
+                                "other pages (skipped by the pfn test) or belong to a lower VMA of "
+                                "the same process, visited first in vm_pgoff order, which already "
+                                "made them migration entries; no op yet moves a VMA (mremap) so "
+                                "that a higher pgoff sits lower",
+    "unfreeze.v5_vma_write": "a migration entry is writable only if its PTE or PMD was, which needs "
+                             "VM_WRITE, and VM_WRITE cannot change during a split",
+    "zap.table_freed": "the table deposited under a huge PMD is all zeros until a split fills it, "
+                       "which also makes the PMD non-huge; handing it out again when the slot is "
+                       "mapped later is invisible in the state (it only keeps the memory)",
+}
+
+
+def _tree(dest: Path, mutant) -> None:
+    _, file, old, new = mutant
+    shutil.copytree(REPO / "vmstate", dest / "vmstate", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "kernels"))
+    shutil.copytree(REPO / "kernels", dest / "vmstate" / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    path = dest / ("vmstate/" + file if file.startswith("kernels/") else file)
+    text = path.read_text()
+    if text.count(old) != 1:
+        raise ValueError(f"mutant {mutant[0]}: the original occurs {text.count(old)} times in {file}")
+    path.write_text(text.replace(old, new))
+
+
+def run_mutant(mutant, fuzz: int, extra=()) -> tuple[str, bool, str, float]:
+    """(id, killed, what killed it, seconds)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vmstate-mutant-") as tmp:
+        _tree(Path(tmp), mutant)
+        env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "PYTHONPATH": tmp,
+               "HYPOTHESIS_STORAGE_DIRECTORY": str(Path(tmp) / ".hypothesis")}
+        r = subprocess.run([sys.executable, str(Path(tmp) / "tests" / "corners.py"), "--fuzz", str(fuzz),
+                            *extra],
+                           cwd=tmp, env=env, capture_output=True, text=True, timeout=1200)
+    why = (r.stdout.strip().splitlines() or r.stderr.strip().splitlines() or [""])[0][:160]
+    return mutant[0], r.returncode != 0, why, time.perf_counter() - t0
+
+
+def main(argv) -> int:
+    jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else os.cpu_count() or 1
+    fuzz = int(argv[argv.index("--fuzz") + 1]) if "--fuzz" in argv else 20
+    ids = [a for a in argv if not a.startswith("--") and not a.isdigit()]
+    chosen = [m for m in MUTANTS if not ids or m[0] in ids]
+    for m in chosen:  # every original must still be in the tree, once
+        text = (REPO / m[1]).read_text()
+        if text.count(m[2]) != 1:
+            print(f"{m[0]}: the original occurs {text.count(m[2])} times in {m[1]}: update the mutant")
+            return 2
+    with ThreadPoolExecutor(jobs) as pool:
+        extra = ["--no-corners"] if "--no-corners" in argv else []
+        results = list(pool.map(lambda m: run_mutant(m, fuzz, extra), chosen))
+    survivors = []
+    for mid, killed, why, secs in results:
+        if killed:
+            print(f"killed    {mid:34s} {secs:5.1f} s  {why}")
+        elif mid in EQUIVALENT:
+            print(f"equivalent {mid:33s} {secs:5.1f} s  {EQUIVALENT[mid]}")
+        else:
+            print(f"SURVIVED  {mid:34s} {secs:5.1f} s")
+            survivors.append(mid)
+    scored = [r for r in results if r[0] not in EQUIVALENT]
+    killed = sum(r[1] for r in scored)
+    print(f"{killed}/{len(scored)} non-equivalent mutants killed "
+          f"({len(results) - len(scored)} equivalent, {len(results)} in all)")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
