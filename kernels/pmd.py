@@ -108,19 +108,14 @@ def split_huge_pmd(pmds, tables, row, blocks, costs, events):
 
 
 @njit(cache=True, parallel=True)
-def populate_pte_tables(tables, t0, heads, bits, split, zap_lo, zap_hi):
-    """The PTE tables of generated PMD mappings (``vmstate.engine.population``): row ``r`` gets table
-    ``t0 + r``, zeroed (``pte_alloc_one()``: the table deposited under a huge PMD) or, where
-    ``split[r]``, the 512 entries ``__split_huge_pmd_locked()`` writes for the THP at pfn
+def populate_pte_tables(tables, t0, heads, bits, zap_lo, zap_hi):
+    """The PTE tables of generated split PMD mappings (``vmstate.engine.population``): table
+    ``t0 + r`` gets the 512 entries ``__split_huge_pmd_locked()`` writes for the THP at pfn
     ``heads[r]`` (``bits[r]``: present, dirty, and the PMD's write and young), with PTEs
     ``[zap_lo[r], zap_hi[r])`` zapped again."""
     for r in prange(heads.shape[0]):
         pte = tables[t0 + r]["pte"]
-        if split[r]:
-            for i in range(HPAGE_PMD_NR):
-                pte[i] = ((heads[r] + i) << PTE_PFN_SHIFT) | bits[r]
-            for i in range(zap_lo[r], zap_hi[r]):
-                pte[i] = 0
-        else:
-            for i in range(HPAGE_PMD_NR):
-                pte[i] = 0
+        for i in range(HPAGE_PMD_NR):
+            pte[i] = ((heads[r] + i) << PTE_PFN_SHIFT) | bits[r]
+        for i in range(zap_lo[r], zap_hi[r]):
+            pte[i] = 0

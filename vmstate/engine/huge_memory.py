@@ -150,6 +150,7 @@ def split_thps(state, thps, *, race: Race | None = None, mm=None) -> SplitResult
     seconds = {}
     t0 = time.perf_counter()
     ptr, rows, lo, hi, write = rmap_arrays(state, thps)
+    state.withdraw_tables(rows[rows >= 0][(state.pmd[rows[rows >= 0]] & _PAGE_PSE) != 0])  # the freeze splits them
     seconds["rmap"] = time.perf_counter() - t0
     n = len(thps)
     reason = np.zeros(n, np.int64)
@@ -206,6 +207,7 @@ def _raise_bug(thps, reason, bugs, state, costs, events):
 
 def split_huge_pmd(state, row):
     """``split_huge_pmd()`` (not freeze) on the huge PMD entry ``row``."""
+    state.withdraw_tables([row])
     state.k.split_huge_pmd(state.pmds.a, state.tables.a, row, state.blocks.a, state.cost_counters,
                            state.events)
 

@@ -50,6 +50,9 @@ def zap_page_range(state, mm: Mm, start: int, end: int):
     ``zap_pmd_range()`` in one kernel call."""
     haddr, lo, hi = slots(start, end)
     rows = mm.lookup_pmds(haddr)
+    known = rows >= 0
+    partial = known & ((lo != 0) | (hi != N))
+    state.withdraw_tables(rows[partial][(state.pmd[rows[partial]] & _PAGE_PSE) != 0])  # split first
     state.k.zap_pmd_range(rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a,
                           state.cost_counters, state.events)
 

@@ -280,16 +280,18 @@ def _add_entries(state, mm, haddr, heads, bits, huge_bits, split, zap=None):
     hb = np.broadcast_to(np.asarray(huge_bits, np.uint64), (n,))
     huge = (heads.astype(np.uint64) << np.uint64(PTE_PFN_SHIFT)) | hb | np.uint64(_PAGE_PSE)
     rows["pmd"] = np.where(split, np.uint64(_PAGE_PRESENT), huge)
-    # Every PMD mapping has its PTE table: the deposited one under a huge PMD, the one
-    # split_huge_pmd filled (and the zap emptied in part) under a split one.
-    t0 = state.tables.append(n, zero=False)
-    rows["pte_table"] = t0 + np.arange(n)
+    # A split PMD's PTE table holds what split_huge_pmd wrote (and the zap left); a huge PMD's
+    # deposited table is allocated only when it is split (MemoryState.withdraw_tables).
+    nsplit = int(np.count_nonzero(split))
+    t0 = state.tables.append(nsplit, zero=False)
+    rows["pte_table"] = np.where(split, t0 + np.cumsum(split) - 1, -1)
     zap_lo = np.zeros(n, np.int64)
     zap_hi = np.zeros(n, np.int64)
     if zap is not None:
         partial, offset, k = zap
         zap_lo = np.where(partial, offset, 0)
         zap_hi = np.where(partial, offset + k, 0)
-    populate_pte_tables(state.tables.a, t0, heads.astype(np.uint64), np.ascontiguousarray(bits),
-                        split, zap_lo, zap_hi)
+    s = np.flatnonzero(split)
+    populate_pte_tables(state.tables.a, t0, heads[s].astype(np.uint64),
+                        np.ascontiguousarray(bits[s]), zap_lo[s], zap_hi[s])
     mm.add_pmd_rows(haddr, np.arange(r0, r0 + n, dtype=np.int64))

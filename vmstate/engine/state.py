@@ -172,15 +172,23 @@ class MemoryState:
         return t
 
     def set_huge_pmd(self, mm: Mm, haddr: int, entry: int):
-        """Install huge PMD ``entry`` at ``haddr`` with its PTE table deposited beside it
-        (``pte_alloc_one()`` + ``pgtable_trans_huge_deposit()``: the table split_huge_pmd and the
-        freeze later fill). Every huge PMD is installed here, or built with its table by
-        ``vmstate.engine.population``."""
+        """Install huge PMD ``entry`` at ``haddr``. The kernel deposits a PTE table beside it
+        (``pte_alloc_one()`` + ``pgtable_trans_huge_deposit()``) that stays empty until
+        ``__split_huge_pmd_locked()`` withdraws and fills it; vmstate allocates the model's table
+        only then (:meth:`withdraw_tables`), so a PMD-mapped THP costs no 4 KiB table."""
         row = self.pmd_row(mm, haddr, create=True)
         self.pmd[row] = entry
-        if self.pte_table[row] < 0:
-            self.pte_table[row] = self.tables.append()
         return row
+
+    def withdraw_tables(self, rows):
+        """The tables deposited under the huge PMD entries ``rows``, allocated (zeroed) for the rows
+        that have none yet: ``pgtable_trans_huge_withdraw()`` before a kernel may split them."""
+        rows = np.asarray(rows, np.int64)
+        rows = np.unique(rows[(rows >= 0)])
+        rows = rows[self.pte_table[rows] < 0] if len(rows) else rows
+        if len(rows):
+            t0 = self.tables.append(len(rows))
+            self.pte_table[rows] = t0 + np.arange(len(rows))
 
     # ---- processes, VMAs and pins ---------------------------------------------------------------
     def anon_vma_tree(self, anon_vma: int):

@@ -67,9 +67,6 @@ def validate_page_tables(state, entries=None):
     for j in np.flatnonzero((kind == 2) & ((i != 0) | ((flags & _HEAD) == 0)))[:1]:
         _fail("a huge PMD maps a THP head", int(pfn[j]), f"huge PMD at {_where(state, rows[j], offs[j])}"
               f" maps flags=0x{int(flags[j]):x}, expected PG_head")
-    for j in np.flatnonzero((kind == 2) & (state.pte_table[rows] < 0))[:1]:
-        _fail("a huge PMD has its deposited PTE table", int(pfn[j]),
-              f"huge PMD at {_where(state, rows[j], offs[j])} has pte_table=-1")
     for j in np.flatnonzero(kind == 1)[:1]:
         _fail("no migration entry outside a split", int(pfn[j]),
               f"migration entry at {_where(state, rows[j], offs[j])}")
