@@ -7,15 +7,19 @@ order, the row of the process's PMD entry there (``rows[r]``, -1: none) and the 
 """
 from numba import njit
 
+from numba import prange
+
 from vmstate.kernels.constants import (
-    HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
+    ANON_FAULT_FLAGS, HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_ACCESSED, _PAGE_DIRTY,
+    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.kernels.per_variant import per_variant
-from vmstate.kernels.pmd import split_huge_pmd, zap_huge_pmd
+from vmstate.kernels.pmd import copy_huge_pmd, split_huge_pmd, zap_huge_pmd
 from vmstate.kernels.refcount import get_page, page_dup_rmap_pte, page_remove_rmap_pte, put_page
 
 _NOT_RW = 0xFFFFFFFFFFFFFFFF ^ _PAGE_RW
 _NOT_ACCESSED = 0xFFFFFFFFFFFFFFFF ^ _PAGE_ACCESSED
+_FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY  # a write fault's entry
 
 
 @njit(cache=True)
@@ -70,3 +74,81 @@ def copy_pte_range(src, dst, lo, hi, blocks):
         b, j = pfn // HPAGE_PMD_NR, pfn % HPAGE_PMD_NR
         get_page(blocks, b, j)
         page_dup_rmap_pte(blocks[b], j)
+
+
+@njit(cache=True)
+def copy_pmd_range(src_rows, dst_rows, lo, hi, pmds, tables, blocks):
+    """Mirror of ``copy_pmd_range()`` for one VMA of a fork: per slot, ``copy_huge_pmd()`` from the
+    parent's huge PMD entry ``src_rows[r]`` to the child's ``dst_rows[r]``, or ``copy_pte_range()``
+    of PTEs ``[lo[r], hi[r])`` between their tables (the child's allocated by the caller)."""
+    for r in range(src_rows.shape[0]):
+        if pmds[src_rows[r]]["pmd"] & _PAGE_PSE:
+            copy_huge_pmd(pmds, src_rows[r], dst_rows[r], blocks)
+        else:
+            copy_pte_range(tables[pmds[src_rows[r]]["pte_table"]]["pte"],
+                           tables[pmds[dst_rows[r]]["pte_table"]]["pte"], lo[r], hi[r], blocks)
+
+
+@njit(cache=True, parallel=True)
+def do_anonymous_pages(blocks, bs, lo, hi, pmds, rows, tables):
+    """``do_anonymous_page()`` for PTEs ``[lo[k], hi[k])`` of slot ``k``: one small page each from
+    block ``bs[k]`` (the fault's flags, one reference, ``page_add_new_anon_rmap``: ``_mapcount``
+    0), its PTE written into the table of PMD entry ``rows[k]``."""
+    for k in prange(bs.shape[0]):
+        page = blocks[bs[k]]
+        pte = tables[pmds[rows[k]]["pte_table"]]["pte"]
+        for i in range(lo[k], hi[k]):
+            page["flags"][i] = ANON_FAULT_FLAGS
+            page["_count"][i] = 1
+            page["_mapcount"][i] = 0
+            pte[i] = ((bs[k] * HPAGE_PMD_NR + i) << PTE_PFN_SHIFT) | _FAULT_ENTRY
+
+
+@njit(cache=True)
+def follow_page_range(rows, lo, hi, pmds, tables, out, hole):
+    """Mirror of ``follow_page()`` on every page of a range (``get_user_pages()``'s walk): the pfn
+    of each into ``out``, in address order. Returns how many; -1 at the first page without a
+    present mapping, with its slot and PTE index in ``hole``."""
+    n = 0
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        if row < 0:
+            hole[0], hole[1] = r, lo[r]
+            return -1
+        entry = pmds[row]["pmd"]
+        if entry & _PAGE_PSE:
+            head = (entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT
+            for i in range(lo[r], hi[r]):
+                out[n] = head + i
+                n += 1
+            continue
+        if not entry & _PAGE_PRESENT:
+            hole[0], hole[1] = r, lo[r]
+            return -1
+        pte = tables[pmds[row]["pte_table"]]["pte"]
+        for i in range(lo[r], hi[r]):
+            if not pte[i] & _PAGE_PRESENT:
+                hole[0], hole[1] = r, i
+                return -1
+            out[n] = (pte[i] & PTE_PFN_MASK) >> PTE_PFN_SHIFT
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def change_pmd_range(rows, lo, hi, pmds, tables):
+    """Mirror of ``change_pmd_range()`` write-protecting a range: ``change_huge_pmd()`` on a huge
+    PMD, ``change_pte_range()`` on every present PTE of a table (young, dirty and soft-dirty kept:
+    ``pmd_modify()``/``pte_modify()`` clear only ``_PAGE_RW``); none PMDs are skipped."""
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        if row < 0:
+            continue
+        entry = pmds[row]["pmd"]
+        if entry & _PAGE_PSE:
+            pmds[row]["pmd"] = entry & _NOT_RW
+        elif entry & _PAGE_PRESENT:
+            pte = tables[pmds[row]["pte_table"]]["pte"]
+            for i in range(lo[r], hi[r]):
+                if pte[i] & _PAGE_PRESENT:
+                    pte[i] &= _NOT_RW

@@ -9,9 +9,8 @@ field view of the same memory is strided and ran ~7x slower, ``benchmarks/layout
 from numba import njit, prange
 
 from vmstate.kernels.constants import (
-    ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_FAULT_ALLOC,
-    EV_THP_SPLIT_PMD, HPAGE_PMD_NR, PG_dirty, PG_head, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT,
-    _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, _PAGE_VMS_MIGRATION,
+    ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_SPLIT_PMD, HPAGE_PMD_NR, PG_dirty, PG_head, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT,
+    _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
 )
 from vmstate.kernels.per_variant import (
     SPLIT_PMD_PTE_DIRTY, SPLIT_PMD_SETS_PAGE_DIRTY, page_add_new_anon_rmap,
@@ -20,6 +19,7 @@ from vmstate.kernels.per_variant import (
 from vmstate.kernels.refcount import get_page, put_page
 
 _NOT_RW = 0xFFFFFFFFFFFFFFFF ^ _PAGE_RW
+_FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY  # a write fault's entry
 _NOT_ACCESSED = 0xFFFFFFFFFFFFFFFF ^ _PAGE_ACCESSED
 
 
@@ -29,20 +29,23 @@ def pmd_block(entry):
     return ((entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // HPAGE_PMD_NR
 
 
-@per_variant()
-def do_huge_pmd_anonymous_page(blocks, b, events):
-    """The page side of ``do_huge_pmd_anonymous_page()`` for the new THP in block ``b`` (the
-    caller installs the PMD): ``prep_transhuge_page()``, the fault's flags
-    (``__SetPageUptodate``, ``lru_cache_add_active_or_unevictable``), one reference, and
-    ``page_add_new_anon_rmap(page, compound)``."""
-    page = blocks[b]
-    flags = page["flags"]
-    flags[0] = (1 << PG_head) | ANON_FAULT_FLAGS
-    for i in range(1, HPAGE_PMD_NR):
-        flags[i] = 1 << PG_tail
-    page["_count"][0] = 1
-    page_add_new_anon_rmap(page)
-    events[EV_THP_FAULT_ALLOC] += 1
+@per_variant(parallel=True)
+def do_huge_pmd_anonymous_pages(blocks, thps, pmds, rows):
+    """``do_huge_pmd_anonymous_page()`` for the new THP in block ``thps[k]``, mapped by PMD entry
+    ``rows[k]`` (allocated by the caller): ``prep_transhuge_page()``, the fault's flags
+    (``__SetPageUptodate``, ``lru_cache_add_active_or_unevictable``), one reference,
+    ``page_add_new_anon_rmap(page, compound)``, and the huge PMD, writable, young and dirty (a
+    write fault's). The caller counts ``thp_fault_alloc``."""
+    for k in prange(thps.shape[0]):
+        b = thps[k]
+        page = blocks[b]
+        flags = page["flags"]
+        flags[0] = (1 << PG_head) | ANON_FAULT_FLAGS
+        for i in range(1, HPAGE_PMD_NR):
+            flags[i] = 1 << PG_tail
+        page["_count"][0] = 1
+        page_add_new_anon_rmap(page)
+        pmds[rows[k]]["pmd"] = ((b * HPAGE_PMD_NR) << PTE_PFN_SHIFT) | _FAULT_ENTRY | _PAGE_PSE
 
 
 @njit(cache=True)

@@ -25,7 +25,7 @@ def dump_state(state) -> dict:
         if not mm.alive:
             continue
         vmas[mm.name] = sorted(v.as_tuple() for v in mm.vmas)
-        for haddr, row in mm.pmd_rows.items():
+        for haddr, row in zip(mm.haddrs.tolist(), mm.rows.tolist()):
             entry = int(state.pmd[row])
             if entry & _PAGE_PSE:
                 pmds[(mm.name, haddr)] = entry

@@ -8,28 +8,22 @@ from vmstate.engine.checks import check_range, live_mm, require_mapped
 from vmstate.engine.memory import slots
 from vmstate.engine.mm_types import Pin
 from vmstate.errors import BadInput
+from vmstate.kernels import memory as k_memory
 from vmstate.kernels import refcount as k_refcount
-from vmstate.kernels.constants import PAGE_SHIFT, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT, _PAGE_PSE
+from vmstate.kernels.constants import PAGE_SHIFT
 
 
 def follow_pages(state, mm, start, end):
-    """pfn of every page of ``[start, end)`` through present entries (``follow_page()``), or None and
-    the first address that has none."""
-    out = []
+    """pfn of every page of ``[start, end)`` through present entries (``follow_page()``, one kernel
+    call), or None and the first address that has none."""
     haddr, lo, hi = slots(start, end)
-    for h, r, a, z in zip(haddr.tolist(), mm.lookup_pmds(haddr).tolist(), lo.tolist(), hi.tolist()):
-        if r >= 0 and state.pmd[r] & _PAGE_PSE:
-            head = (int(state.pmd[r]) & PTE_PFN_MASK) >> PTE_PFN_SHIFT
-            out.append(np.arange(head + a, head + z, dtype=np.int64))
-            continue
-        if r < 0 or not state.pmd[r] & _PAGE_PRESENT:
-            return None, h + (a << PAGE_SHIFT)
-        seg = state.ptes[int(state.pte_table[r]), a:z]
-        missing = np.flatnonzero((seg & _PAGE_PRESENT) == 0)
-        if len(missing):
-            return None, h + (a + int(missing[0]) << PAGE_SHIFT)
-        out.append(((seg & PTE_PFN_MASK) >> PTE_PFN_SHIFT).astype(np.int64))
-    return np.concatenate(out), None
+    out = np.empty((end - start) >> PAGE_SHIFT, np.int64)
+    hole = np.zeros(2, np.int64)
+    n = k_memory.follow_page_range(mm.lookup_pmds(haddr), lo, hi, state.pmds.a, state.tables.a, out,
+                                   hole)
+    if n < 0:
+        return None, int(haddr[hole[0]]) + (int(hole[1]) << PAGE_SHIFT)
+    return out, None
 
 
 def hold(state, mm: str, addr: int, length: int, pfns: np.ndarray, nr: int = 1):

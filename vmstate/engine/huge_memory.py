@@ -62,7 +62,7 @@ class SplitResult:
 
 def thps_mapped(state, mm, start, end):
     """Blocks of the THPs mapped in ``[start, end)`` of ``mm``, once each, by lowest address."""
-    haddrs, rows = mm.sorted_pmds()
+    haddrs, rows = mm.haddrs, mm.rows
     i0 = np.searchsorted(haddrs, start & ~(HPAGE_PMD_SIZE - 1))
     i1 = np.searchsorted(haddrs, end)
     h = haddrs[i0:i1]
@@ -216,7 +216,7 @@ def split_huge_pmd_address(state, mm, address: int):
     """Mirror of ``split_huge_pmd_address()``: split a huge PMD that straddles ``address``."""
     if address % HPAGE_PMD_SIZE == 0:
         return
-    row = mm.pmd_rows.get(address & ~(HPAGE_PMD_SIZE - 1))
+    row = mm.pmd_row(address & ~(HPAGE_PMD_SIZE - 1))
     if row is not None and state.pmd[row] & _PAGE_PSE:
         split_huge_pmd(state, row)
 
@@ -228,7 +228,7 @@ def split_pmd(state, mm, addr):
     check_range(addr, PAGE_SIZE)
     if not vmas_in(m, addr, addr + 1):
         raise BadInput(f"0x{addr:x} is not mapped in process {mm!r}", field="addr")
-    row = m.pmd_rows.get(addr & ~(HPAGE_PMD_SIZE - 1))
+    row = m.pmd_row(addr & ~(HPAGE_PMD_SIZE - 1))
     if row is not None and state.pmd[row] & _PAGE_PSE:
         split_huge_pmd(state, row)
 

@@ -6,14 +6,11 @@ import numpy as np
 
 from vmstate.engine.mm_types import Mm
 from vmstate.kernels import memory as k_memory
-from vmstate.kernels import pmd as k_pmd
 from vmstate.kernels.constants import (
-    ANON_FAULT_FLAGS, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, PTE_PFN_SHIFT, _PAGE_ACCESSED,
-    _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
+    EV_THP_FAULT_ALLOC, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, _PAGE_PRESENT, _PAGE_PSE,
 )
 
 N = HPAGE_PMD_NR
-FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY  # a write fault's entry
 
 
 def slots(start, end):
@@ -24,25 +21,32 @@ def slots(start, end):
     return haddr, lo, hi
 
 
-def do_huge_pmd_anonymous_page(state, mm: Mm, haddr: int, anon_vma: int):
-    """A write fault on an unpopulated, aligned 2 MiB of a VM_HUGEPAGE VMA: a new THP mapped by a
-    huge PMD (its PTE table deposited, ``MemoryState.set_huge_pmd``)."""
-    b = state.alloc_block(anon_vma, haddr >> PAGE_SHIFT)
-    state.k.do_huge_pmd_anonymous_page(state.blocks.a, b, state.events)
-    state.set_huge_pmd(mm, haddr, (b * N << PTE_PFN_SHIFT) | FAULT_ENTRY | _PAGE_PSE)
+def _pmd_rows(state, mm: Mm, haddrs):
+    """The PMD rows of ``mm`` at ``haddrs``, new ones where it has none (``pmd_alloc()``)."""
+    rows = mm.lookup_pmds(haddrs)
+    new = rows < 0
+    if new.any():
+        rows[new] = state.new_pmd_rows(mm, haddrs[new])
+    return rows
 
 
-def do_anonymous_page(state, mm: Mm, haddr: int, lo: int, hi: int, anon_vma: int):
-    """``do_anonymous_page()`` for PTE slots ``[lo, hi)`` of the slot at ``haddr``: one small page
-    each (``page_add_new_anon_rmap``: ``_mapcount`` 0; one reference), its PTE written."""
-    b = state.alloc_block(anon_vma, haddr >> PAGE_SHIFT, lo, hi)
-    rec = state.blocks.a[b]
-    rec["flags"][lo:hi] = ANON_FAULT_FLAGS
-    rec["_count"][lo:hi] = 1
-    rec["_mapcount"][lo:hi] = 0
-    t = state.table_of(state.pmd_row(mm, haddr, create=True))
-    pfns = np.arange(b * N + lo, b * N + hi, dtype=np.uint64)
-    state.ptes[t, lo:hi] = (pfns << np.uint64(PTE_PFN_SHIFT)) | np.uint64(FAULT_ENTRY)
+def do_anonymous_fault(state, mm: Mm, start: int, end: int, anon_vma: int, thp: bool):
+    """A write fault on every page of the new VMA ``[start, end)``, all slots at once: blocks handed
+    out in address order, ``do_huge_pmd_anonymous_page()`` for every aligned 2 MiB of a THP VMA
+    (a huge PMD each), ``do_anonymous_page()`` for the pages of the other slots."""
+    haddr, lo, hi = slots(start, end)
+    huge = (lo == 0) & (hi == N) if thp else np.zeros(len(haddr), bool)
+    b = state.alloc_blocks(anon_vma, haddr >> PAGE_SHIFT, np.where(huge, 0, lo), np.where(huge, N, hi))
+    if huge.any():
+        rows = _pmd_rows(state, mm, haddr[huge])
+        state.k.do_huge_pmd_anonymous_pages(state.blocks.a, b[huge], state.pmds.a, rows)
+        state.events[EV_THP_FAULT_ALLOC] += int(huge.sum())
+    small = ~huge
+    if small.any():
+        rows = _pmd_rows(state, mm, haddr[small])
+        state.table_rows(rows)
+        k_memory.do_anonymous_pages(state.blocks.a, b[small], lo[small], hi[small], state.pmds.a,
+                                    rows, state.tables.a)
 
 
 def zap_page_range(state, mm: Mm, start: int, end: int):
@@ -58,19 +62,20 @@ def zap_page_range(state, mm: Mm, start: int, end: int):
 
 
 def copy_page_range(state, dst: Mm, src: Mm, vma):
-    """``copy_page_range()`` for one VMA of a fork: ``copy_huge_pmd()`` for each huge PMD,
+    """``copy_page_range()`` for one VMA of a fork, in one kernel call: ``copy_huge_pmd()`` for each
+    huge PMD (the child's entry without a model table: see ``MemoryState.set_huge_pmd``),
     ``copy_pte_range()`` for each PTE table (the child's table allocated even when nothing in the
     range is present: ``pte_alloc_map_lock()``)."""
     haddr, lo, hi = slots(vma.vm_start, vma.vm_end)
     rows = src.lookup_pmds(haddr)
-    for h, r, a, z in zip(haddr.tolist(), rows.tolist(), lo.tolist(), hi.tolist()):
-        if r < 0:
-            continue
-        entry = int(state.pmd[r])
-        if entry & _PAGE_PSE:
-            child = state.set_huge_pmd(dst, h, 0)  # the child gets its own deposited table
-            k_pmd.copy_huge_pmd(state.pmds.a, r, child, state.blocks.a)
-        elif entry & _PAGE_PRESENT:
-            ct = state.table_of(state.pmd_row(dst, h, create=True))
-            k_memory.copy_pte_range(state.ptes[int(state.pte_table[r])], state.ptes[ct], a, z,
-                                    state.blocks.a)
+    known = rows >= 0
+    entry = np.zeros(len(rows), np.uint64)
+    entry[known] = state.pmd[rows[known]]
+    copy = (entry & np.uint64(_PAGE_PRESENT)) != 0  # huge PMDs are present too
+    if not copy.any():
+        return
+    haddr, lo, hi, rows = haddr[copy], lo[copy], hi[copy], rows[copy]
+    dst_rows = _pmd_rows(state, dst, haddr)  # two VMAs of the parent may share a slot
+    table = (entry[copy] & np.uint64(_PAGE_PSE)) == 0
+    state.table_rows(dst_rows[table])
+    k_memory.copy_pmd_range(rows, dst_rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a)

@@ -24,42 +24,49 @@ class Vma:
 
 @dataclass(eq=False)
 class Mm:
-    """``struct mm_struct``: VMAs sorted by ``vm_start`` and the PMD entry rows by slot address
-    (``pmd_rows``, with a sorted copy for looking many addresses up at once)."""
+    """``struct mm_struct``: VMAs sorted by ``vm_start``, and the page table's PMD level as two
+    sorted arrays (``haddrs``: the 2 MiB slots this process has a PMD entry for, ascending;
+    ``rows``: each one's row in the state's PMD entries), looked up many addresses at a time."""
     name: str
     id: int
     vmas: list = field(default_factory=list)
-    pmd_rows: dict = field(default_factory=dict)
     alive: bool = True
-    sorted_rows: tuple | None = field(default=None, repr=False)  # (haddrs, rows); None: stale
+    haddrs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
-    def add_pmd_row(self, haddr: int, row: int):
-        self.pmd_rows[haddr] = row
-        self.sorted_rows = None
-
-    def add_pmd_rows(self, haddrs: np.ndarray, rows: np.ndarray):
-        """Many rows at once (a generated population): ``haddrs`` ascending, above every address
-        this process has a row for."""
-        fresh = not self.pmd_rows
-        self.pmd_rows.update(zip(haddrs.tolist(), rows.tolist()))
-        self.sorted_rows = (haddrs.astype(np.int64), rows.astype(np.int64)) if fresh else None
-
-    def sorted_pmds(self):
-        """This process's PMD entries as ``(haddr, row)`` arrays sorted by address."""
-        if self.sorted_rows is None:
-            h = np.fromiter(self.pmd_rows.keys(), np.int64, len(self.pmd_rows))
-            r = np.fromiter(self.pmd_rows.values(), np.int64, len(self.pmd_rows))
-            o = np.argsort(h, kind="stable")
-            self.sorted_rows = (h[o], r[o])
-        return self.sorted_rows
+    def add_pmd_rows(self, haddrs, rows):
+        """Enter PMD rows for slots that have none yet (any order)."""
+        haddrs = np.asarray(haddrs, np.int64)
+        rows = np.asarray(rows, np.int64)
+        if not len(haddrs):
+            return
+        if not len(self.haddrs) or (haddrs[0] > self.haddrs[-1] and np.all(np.diff(haddrs) > 0)):
+            self.haddrs = np.concatenate([self.haddrs, haddrs])
+            self.rows = np.concatenate([self.rows, rows])
+            return
+        h = np.concatenate([self.haddrs, haddrs])
+        order = np.argsort(h, kind="stable")
+        self.haddrs, self.rows = h[order], np.concatenate([self.rows, rows])[order]
 
     def lookup_pmds(self, haddrs):
         """PMD row of each address in ``haddrs`` (-1 where this process has none)."""
-        h, r = self.sorted_pmds()
+        h = self.haddrs
         if not len(h):
             return np.full(len(haddrs), -1, np.int64)
         i = np.minimum(np.searchsorted(h, haddrs), len(h) - 1)
-        return np.where(h[i] == haddrs, r[i], -1)
+        return np.where(h[i] == haddrs, self.rows[i], -1)
+
+    def pmd_row(self, haddr: int):
+        """The PMD row at slot ``haddr``, or None."""
+        i = int(np.searchsorted(self.haddrs, haddr))
+        if i < len(self.haddrs) and self.haddrs[i] == haddr:
+            return int(self.rows[i])
+        return None
+
+    def pmd_rows_in(self, start: int, end: int):
+        """``(haddrs, rows)`` of the slots in ``[start, end)``."""
+        i0, i1 = np.searchsorted(self.haddrs, [start, end])
+        return self.haddrs[i0:i1], self.rows[i0:i1]
 
 
 class Grow:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from vmstate.engine.checks import check_range, live_mm, vmas_in
 from vmstate.engine.huge_memory import split_huge_pmd_address
-from vmstate.engine.memory import do_anonymous_page, do_huge_pmd_anonymous_page, slots, zap_page_range
+from vmstate.engine.memory import do_anonymous_fault, zap_page_range
 from vmstate.engine.mm_types import Mm, Vma
 from vmstate.errors import BadInput
-from vmstate.kernels.constants import HPAGE_PMD_NR, PAGE_SHIFT, VM_ANON_DEFAULT, VM_HUGEPAGE
+from vmstate.kernels.constants import PAGE_SHIFT, VM_ANON_DEFAULT, VM_HUGEPAGE
 
 
 def new_mm(state, name, field) -> Mm:
@@ -71,12 +71,7 @@ def mmap(state, mm, addr, length, thp=True):
     state.anon_vmas.append([])
     flags = VM_ANON_DEFAULT | (VM_HUGEPAGE if thp else 0)
     add_vma(state, m, Vma(m, addr, end, addr >> PAGE_SHIFT, flags, anon_vma))
-    haddr, lo, hi = slots(addr, end)
-    for h, a, z in zip(haddr.tolist(), lo.tolist(), hi.tolist()):
-        if thp and a == 0 and z == HPAGE_PMD_NR:
-            do_huge_pmd_anonymous_page(state, m, h, anon_vma)
-        else:
-            do_anonymous_page(state, m, h, a, z, anon_vma)
+    do_anonymous_fault(state, m, addr, end, anon_vma, thp)
 
 
 def munmap(state, mm, addr, length):

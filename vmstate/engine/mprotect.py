@@ -1,13 +1,12 @@
 """``mprotect()``, as in ``mm/mprotect.c``."""
 from __future__ import annotations
 
-import numpy as np
-
 from vmstate.engine.checks import check_range, live_mm, require_mapped, vmas_in
 from vmstate.engine.memory import slots
 from vmstate.engine.mmap import isolate
 from vmstate.errors import BadInput
-from vmstate.kernels.constants import VM_WRITE, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW
+from vmstate.kernels import memory as k_memory
+from vmstate.kernels.constants import VM_WRITE
 
 
 def mprotect(state, mm, addr, length, prot):
@@ -29,14 +28,7 @@ def mprotect(state, mm, addr, length, prot):
 
 
 def change_protection(state, mm, start, end):
-    """Clear the write bit of every present entry in ``[start, end)``: ``change_huge_pmd()`` on a
-    huge PMD, ``change_pte_range()`` on a PTE table."""
+    """Clear the write bit of every present entry in ``[start, end)`` (``change_pmd_range()``, one
+    kernel call)."""
     haddr, lo, hi = slots(start, end)
-    for r, a, z in zip(mm.lookup_pmds(haddr).tolist(), lo.tolist(), hi.tolist()):
-        if r < 0:
-            continue
-        if state.pmd[r] & _PAGE_PSE:
-            state.pmd[r] &= ~np.uint64(_PAGE_RW)
-        elif state.pmd[r] & _PAGE_PRESENT:
-            seg = state.ptes[int(state.pte_table[r]), a:z]
-            seg[(seg & _PAGE_PRESENT) != 0] &= ~np.uint64(_PAGE_RW)
+    k_memory.change_pmd_range(mm.lookup_pmds(haddr), lo, hi, state.pmds.a, state.tables.a)

@@ -151,15 +151,33 @@ class MemoryState:
         rec["alloc_start"], rec["alloc_end"] = start, end
         return b
 
+    def alloc_blocks(self, mapping, index, start, end):
+        """The next ``len(index)`` blocks at once (``alloc_block`` for each, in order)."""
+        n = len(index)
+        b0 = self.blocks.append(n)
+        rec = self.blocks.a[b0:]
+        rec["_mapcount"] = -1
+        rec["compound_mapcount"] = -1
+        rec["mapping"] = mapping
+        rec["index"] = index
+        rec["alloc_start"], rec["alloc_end"] = start, end
+        return np.arange(b0, b0 + n, dtype=np.int64)
+
     # ---- page tables ----------------------------------------------------------------------
     def pmd_row(self, mm: Mm, haddr: int, create=False):
-        row = mm.pmd_rows.get(haddr)
+        row = mm.pmd_row(haddr)
         if row is None and create:
-            row = self.pmds.append()
-            rec = self.pmds.a[row]
-            rec["mm"], rec["haddr"], rec["pmd"], rec["pte_table"] = mm.id, haddr, 0, -1
-            mm.add_pmd_row(haddr, row)
+            row = self.new_pmd_rows(mm, np.array([haddr], np.int64))[0]
         return row
+
+    def new_pmd_rows(self, mm: Mm, haddrs, entries=0, tables=-1):
+        """PMD entries of ``mm`` at the slots ``haddrs`` (none has one yet): their rows."""
+        r0 = self.pmds.append(len(haddrs))
+        rows = np.arange(r0, r0 + len(haddrs), dtype=np.int64)
+        rec = self.pmds.a[r0:]
+        rec["mm"], rec["haddr"], rec["pmd"], rec["pte_table"] = mm.id, haddrs, entries, tables
+        mm.add_pmd_rows(haddrs, rows)
+        return rows
 
     def table_of(self, row):
         """The PTE table under PMD entry ``row``, allocated (``pte_alloc``/deposit) when missing."""
@@ -170,6 +188,17 @@ class MemoryState:
         if not self.pmd[row] & _PAGE_PRESENT:
             self.pmd[row] = _PAGE_PRESENT
         return t
+
+    def table_rows(self, rows):
+        """``table_of()`` for many non-huge PMD entries at once: a (zeroed) PTE table where a row has
+        none (``pte_alloc()``), and the entry present."""
+        rows = np.asarray(rows, np.int64)
+        need = rows[self.pte_table[rows] < 0]
+        if len(need):
+            t0 = self.tables.append(len(need))
+            self.pte_table[need] = t0 + np.arange(len(need))
+        pmd = self.pmd
+        pmd[rows] = np.where(pmd[rows] & np.uint64(_PAGE_PRESENT), pmd[rows], np.uint64(_PAGE_PRESENT))
 
     def set_huge_pmd(self, mm: Mm, haddr: int, entry: int):
         """Install huge PMD ``entry`` at ``haddr``. The kernel deposits a PTE table beside it

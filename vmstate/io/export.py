@@ -81,7 +81,7 @@ def pagemap_frame(state) -> pl.DataFrame:
     """One row per mapped 4 KiB virtual page of each live process, by process then address."""
     parts = []
     for mm in sorted((m for m in state.mms.values() if m.alive), key=lambda m: m.id):
-        for haddr, row in sorted(mm.pmd_rows.items()):
+        for haddr, row in zip(mm.haddrs.tolist(), mm.rows.tolist()):
             entry = int(state.pmd[row])
             if entry & _PAGE_PSE:
                 k = np.arange(N, dtype=np.uint64)
