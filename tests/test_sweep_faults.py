@@ -1,5 +1,5 @@
 """``vmstate sweep`` when things go wrong around it: a Dask worker killed mid-sweep, the Dask
-scheduler killed mid-sweep, and the numba thread
+scheduler killed mid-sweep, a second sweep on a directory one is writing, and the numba thread
 count reaching the thread each task runs in. Real ``dask scheduler`` / ``dask worker`` and
 ``vmstate sweep`` processes on 127.0.0.1."""
 import json
@@ -158,6 +158,35 @@ def test_the_scheduler_lost_mid_sweep_then_local_processes_finish(slow, cluster,
     assert result.returncode == 0, result.stderr
     assert f"{done} done before, {12 - done} now" in result.stdout
     assert_same_dataset(out, ref)
+
+
+def test_a_second_sweep_on_the_directory_is_refused_naming_the_holder(slow, tmp_path, capsys):
+    """The first sweep is stopped (SIGSTOP) while it holds the lock: the second exits 2 at once,
+    names its pid, host and start, and changes no file; the first then finishes."""
+    sweep, ref = slow
+    out = tmp_path / "out"
+    first = subprocess.Popen(sweep_cmd(sweep, out, "--workers", "0"), cwd=REPO, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: n_done(out) >= 1, first)
+        first.send_signal(signal.SIGSTOP)
+        holder = json.loads((out / ".lock").read_text())
+        assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+        before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")}
+        t0 = time.monotonic()
+        assert cli.main(["sweep", str(sweep), "--out", str(out), "--workers", "0",
+                         "--progress", "none"]) == 2
+        assert time.monotonic() - t0 < 5
+        err = capsys.readouterr().err
+        assert err == (f"vmstate: error: --out {out}: another vmstate sweep is writing it (pid "
+                       f"{first.pid} on {socket.gethostname()} since {holder['since']})\n")
+        assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")} == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+    stdout, stderr = first.communicate(timeout=180)
+    assert first.returncode == 0, stderr
+    assert_same_dataset(out, ref)
+    assert (out / ".lock").read_text() == ""  # released
 
 
 @pytest.mark.parametrize("cluster", [{"workers": 1, "nthreads": 1}], indirect=True)
