@@ -11,6 +11,7 @@ import multiprocessing
 import os
 
 from vmstate.errors import BadInput, CorruptState, VmstateError
+from vmstate.engine.memory_estimate import budget, check_fits
 from vmstate.engine.population import parse_population, population_bytes
 from vmstate.batch.sweep.worker import init_worker, run_shard, warm, warm_dask_worker
 
@@ -35,6 +36,8 @@ def execute(tasks, workers, scheduler, bar, threads=None):
         return
     if workers is None:
         workers = default_workers(tasks)
+    else:
+        check_workers_fit(tasks, workers)
     if workers == 0:
         yield from _execute_here(tasks, bar, threads)
     else:
@@ -147,8 +150,27 @@ class _Quiet:
 
 
 def default_workers(tasks) -> int:
-    """As many processes as CPUs, fewer where the largest shard's state (twice, for the split's
-    temporaries) would not fit in the memory available to them all."""
-    from vmstate.engine.state import available_memory
-    need = max(population_bytes(parse_population(t.table)) for t in tasks) * 2
-    return max(1, min(os.cpu_count() or 1, available_memory() // max(need, 1), len(tasks)))
+    """As many processes as CPUs, fewer where the largest shard's estimate
+    (:func:`~vmstate.engine.population.population_bytes`: its state and split) times the workers
+    would not exceed the memory available; refused (BadInput, field ``thps``) when even one does
+    not fit."""
+    need, task = _largest(tasks)
+    have = budget()
+    if need > have:
+        check_fits(need, field="thps", have=have, what=f"run {task.run.key} shard {task.shard}")
+    return max(1, min(os.cpu_count() or 1, have // max(need, 1), len(tasks)))
+
+
+def check_workers_fit(tasks, workers: int):
+    """Refuse (BadInput, field ``workers``) ``workers`` local processes (0: this one) that would
+    each hold the largest shard at once and together not fit in the memory available."""
+    need, task = _largest(tasks)
+    n = max(workers, 1)
+    check_fits(n * need, field="workers", what=f"{n} worker(s) x run {task.run.key} shard "
+               f"{task.shard} ({need / 2**30:.2f} GiB each)")
+
+
+def _largest(tasks):
+    """The largest shard's estimate in bytes, and the shard."""
+    return max(((population_bytes(parse_population(t.table)), t) for t in tasks),
+               key=lambda x: x[0])
