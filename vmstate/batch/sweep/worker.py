@@ -18,7 +18,7 @@ from vmstate.engine.population import parse_population
 from vmstate.batch.sweep.plan import ShardTask
 from vmstate.batch.sweep.table import REASON_NAMES
 
-__all__ = ["run_shard", "init_worker", "warm_dask_worker", "warm"]
+__all__ = ["run_shard", "init_worker", "warm_dask_worker", "warm", "set_threads"]
 
 _KERNEL_LOCK = threading.Lock()  # one split at a time per process (Dask may run tasks in threads)
 
