@@ -139,7 +139,7 @@ def test_the_scheduler_lost_mid_sweep_then_local_processes_finish(slow, cluster,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: n_done(out) >= 1, proc)
     cluster.scheduler.kill()
-    stdout, stderr = proc.communicate(timeout=180)  # the client gives it 20 s to come back
+    stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 4, stderr
     errors = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert errors == [stderr.splitlines()[-1]], stderr

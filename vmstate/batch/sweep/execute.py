@@ -117,9 +117,10 @@ def _execute_dask(tasks, scheduler, bar, threads):
 
 
 class SchedulerLost(VmstateError):
-    """The Dask scheduler went away mid-sweep (killed, its host gone, the network cut) and did not
-    come back within the client's reconnect timeout (20 s). Every shard written before stays; the
-    same command again, on a cluster or on local processes, runs the rest."""
+    """The Dask scheduler went away mid-sweep (killed, its host gone, the network cut): the client
+    cancels every future when the connection drops (``scheduler-connection-lost``) or a call
+    fails on the closed comm (``CommClosedError``). Every shard written before stays; the same
+    command again, on a cluster or on local processes, runs the rest."""
 
     def __init__(self, address: str, reason: str):
         super().__init__(f"--scheduler {address}: lost the Dask scheduler mid-sweep ({reason})")
