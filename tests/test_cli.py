@@ -243,5 +243,5 @@ def test_a_size_the_machine_cannot_hold(tmp_path, capsys):
     assert cli.main(["run", str(scenario(tmp_path, text))]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"vmstate: error: {tmp_path / 's.toml'}: op 1 (line 3): field 'len': the mmaps "
-                          "up to here need about ")
-    assert err.endswith("GiB (ENOMEM)\n")
+                          "up to here would need about ")
+    assert err.endswith(" GiB is available (MemAvailable) (ENOMEM)\n")

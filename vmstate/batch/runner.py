@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from vmstate.kernels.constants import HPAGE_PMD_SIZE
-from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE
+from vmstate.kernels.constants import HPAGE_PMD_SIZE, PAGE_SIZE
+from vmstate.engine.memory_estimate import check_fits, estimate
 from vmstate.errors import BadInput, CorruptState
 from vmstate.io.export import pagemap_frame, pages_frame
 from vmstate.io.scenario import Op, Scenario, where
-from vmstate.engine.population import from_population
+from vmstate.engine.population import from_population, parse_population, population_counts
 from vmstate.engine.state import MemoryState
 
 
@@ -75,21 +75,50 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
 
 
 def _check_fits(scenario: Scenario):
-    """Refuse up front a program whose mmaps alone need more page records than the machine has
-    memory (frames are never reused, so every mmap adds its 2 MiB blocks), rather than be OOM-killed
-    half-way. Arrays grow by doubling: count each record twice."""
-    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    per_block = 2 * (PAGE_BLOCK_DTYPE.itemsize + PMD_DTYPE.itemsize)
-    blocks = 0
+    """Refuse up front, naming the op (or the ``[population]``), a scenario whose state would not
+    fit in the memory available (:mod:`vmstate.engine.memory_estimate`), rather than be OOM-killed
+    half-way. The ops are counted as they go: each mmap adds its 2 MiB blocks and a PMD entry and
+    PTE table per slot (frames are never reused, records never dropped), each fork copies its
+    parent's entries, each pin a record; a scenario that splits counts a split of every THP.
+    Arrays that grow op by op double, so their records count twice. A ``[population]`` alone is
+    checked by :func:`from_population`, with the same estimate."""
+    counts = {"blocks": 0, "mappings": 0, "pins": 0, "pinned_pages": 0}
+    slots: dict[str, int] = {}  # PMD slots each process maps
+    if scenario.population is not None:
+        try:
+            pop = parse_population(scenario.population)
+        except BadInput as e:
+            raise _with_context(e, where(scenario.path, table="population")) from e
+        counts = population_counts(pop)
+        slots["parent"] = pop.thps
+        slots |= {f"child{c}": pop.nshared for c in range(1, pop.mappers) if pop.nshared}
+    splits = any(op.op == "split" for op in scenario.ops)
+    grown = scenario.population is None  # a population reserves its arrays; an mmap grows them
     for op in scenario.ops:
+        f = op.fields
         if op.op == "mmap":
-            start, end = op.fields["addr"], op.fields["addr"] + op.fields["len"]
-            blocks += (end - 1) // HPAGE_PMD_SIZE - start // HPAGE_PMD_SIZE + 1
-            if blocks * per_block > budget:
-                raise BadInput(f"{where(scenario.path, op.index, op.line)}: field 'len': the mmaps "
-                               f"up to here need about {blocks * per_block / 2**30:.1f} GiB of page "
-                               f"records, the machine has {budget / 2**30:.1f} GiB (ENOMEM)",
-                               field="len")
+            n = (f["addr"] + f["len"] - 1) // HPAGE_PMD_SIZE - f["addr"] // HPAGE_PMD_SIZE + 1
+            counts["blocks"] += n
+            counts["mappings"] += n
+            slots[f["mm"]] = slots.get(f["mm"], 0) + n
+            what, field, grown = "the mmaps up to here", "len", True
+        elif op.op == "fork":
+            slots[f["child"]] = slots.get(f["mm"], 0)
+            counts["mappings"] += slots[f["child"]]
+            what, field, grown = "the mmaps and forks up to here", "child", True
+        elif op.op == "pin":
+            counts["pins"] += 1
+            counts["pinned_pages"] += f["len"] // PAGE_SIZE
+            what, field = "the state and pins up to here", "len"
+        else:
+            continue
+        if splits:
+            counts |= {"split_thps": counts["blocks"], "rmap_entries": counts["mappings"]}
+        est = estimate(**counts, grown=grown)
+        try:
+            check_fits(est.total, field=field, what=what + (" and a split" if splits else ""))
+        except BadInput as e:
+            raise _with_context(e, where(scenario.path, op.index, op.line)) from e
 
 
 def _initial_state(scenario: Scenario, validate: bool):

@@ -24,6 +24,7 @@ from vmstate.batch.runner import RunResult, run_scenario
 from vmstate.io.scenario import load_scenario
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_CORRUPT = 0, 2, 3
+EXIT_SCHEDULER_LOST = 4  # vmstate sweep --scheduler: the Dask scheduler went away mid-sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +71,21 @@ def _report_corrupt(e: CorruptState):
 
 def _sweep(args) -> int:
     """``vmstate sweep``: exit 0 every run is done, 2 bad input (the sweep file, DIR, or a run the
-    engine refused), 3 a run found corrupt state, 130 interrupted (run the command again to go on)."""
-    from vmstate.batch.sweep import load_sweep, run_sweep
+    engine refused), 3 a run found corrupt state, 4 the Dask scheduler was lost (what finished is
+    kept), 130 interrupted (run the command again to go on)."""
+    from vmstate.batch.sweep import SchedulerLost, load_sweep, run_sweep
+    from vmstate.batch.sweep.store import done_shards
     sweep = load_sweep(args.sweep)
     if args.out.exists() and not args.out.is_dir():
         raise BadInput(f"--out {args.out}: not a directory (ENOTDIR)", field="out")
-    report = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler,
-                       progress=args.progress)
+    try:
+        report = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler,
+                           threads=args.threads, progress=args.progress)
+    except SchedulerLost as e:
+        print(f"vmstate: error: {e}; {len(done_shards(args.out))} shard(s) are written: run the "
+              f"same command again (any --scheduler, or none for local processes) to finish",
+              file=sys.stderr)
+        return EXIT_SCHEDULER_LOST
     for key, shard, e in report.errors:
         print(f"vmstate: error: run {key} shard {shard}: {type(e).__name__}: {e}", file=sys.stderr)
     state = "interrupted" if report.interrupted else "done"
@@ -128,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
                     "Writes DIR/runs.parquet (a row per run) and DIR/thps/ (per-THP outcomes, "
                     "hive-partitioned Parquet). Started again on the same DIR, it runs only what is "
                     "not done yet.",
-        epilog="exit status: 0 every run done, 2 bad input, 3 corrupt state, 130 interrupted "
-               "(run the same command again to finish)")
+        epilog="exit status: 0 every run done, 2 bad input, 3 corrupt state, 4 the Dask scheduler "
+               "was lost, 130 interrupted (run the same command again to finish)")
     sweep.add_argument("sweep", metavar="SWEEP", type=Path, help="sweep file (TOML)")
     sweep.add_argument("--out", metavar="DIR", type=Path, required=True,
                        help="the sweep's dataset directory (created; resumed when it exists)")
@@ -140,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="run on a Dask distributed cluster (e.g. tcp://10.0.0.1:8786); needs "
                             "the 'cluster' extra: pip install 'vmstate[cluster]'")
+    sweep.add_argument("--threads", metavar="T", type=_threads,
+                       help="numba threads per run, set in the thread each task runs in (default: "
+                            "a Dask worker's --nthreads; locally CPUs / workers); runs.parquet "
+                            "'threads' records what numba reports inside the task")
     sweep.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
                        help="a progress bar (terminal), a log line per shard, or nothing "
                             "(default: auto, a bar on a terminal)")
@@ -166,6 +179,13 @@ def _workers(text: str) -> int:
         n = -1
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return n
+
+
+def _threads(text: str) -> int:
+    n = _workers(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return n
 
 

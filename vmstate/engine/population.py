@@ -43,9 +43,9 @@ from vmstate.kernels.constants import (
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.kernels.pmd import populate_pte_tables
-from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
 from vmstate.engine.mm_types import Mm, Pin, Vma
-from vmstate.engine.state import MemoryState, available_memory
+from vmstate.engine.memory_estimate import MemoryEstimate, check_fits, estimate
+from vmstate.engine.state import MemoryState
 from vmstate.errors import BadInput
 
 N = HPAGE_PMD_NR
@@ -110,12 +110,27 @@ def parse_population(table: dict) -> Population:
     return Population(**{k: p[k] for k in DEFAULTS})
 
 
-def population_bytes(pop: Population) -> int:
-    """Bytes of the generated state, which splitting it does not grow: page records, PMD entries
-    and one PTE table per PMD mapping (deposited under a huge PMD, as the kernel does at fault)."""
+def population_estimate(pop: Population) -> MemoryEstimate:
+    """:func:`vmstate.engine.memory_estimate.estimate` of the generated state and its split: a
+    page block per THP, a PMD entry and PTE table per mapping (every mapper of a shared THP), one
+    pin record per pinned THP, the split of every THP (one rmap entry per mapping) or the
+    generation's temporaries where larger. Each array is reserved once (not grown)."""
+    return estimate(**population_counts(pop))
+
+
+def population_counts(pop: Population) -> dict:
+    """The counts :func:`~vmstate.engine.memory_estimate.estimate` takes, for the population and a
+    split of all its THPs."""
     mappings = pop.thps + pop.nshared * (pop.mappers - 1)
-    return (pop.thps * PAGE_BLOCK_DTYPE.itemsize + mappings * PMD_DTYPE.itemsize
-            + mappings * PTE_TABLE_DTYPE.itemsize)
+    pinned = round(pop.pinned * pop.thps)
+    return {"blocks": pop.thps, "mappings": mappings, "pins": pinned, "pinned_pages": pinned,
+            "split_thps": pop.thps, "rmap_entries": mappings, "generated_thps": pop.thps,
+            "zapped_subpages": round(pop.partially_unmapped * pop.thps) * pop.unmapped_subpages}
+
+
+def population_bytes(pop: Population) -> int:
+    """The total of :func:`population_estimate`."""
+    return population_estimate(pop).total
 
 
 @dataclass
@@ -173,13 +188,11 @@ def population_program(pop: Population, seed: int) -> list[tuple]:
 
 def from_population(table: dict, seed: int = 0, variant: str = "v5"):
     """A :class:`~vmstate.engine.state.MemoryState` generated from a ``[population]`` table; refused
-    with the estimate, before allocating, when it would not fit in the memory available."""
+    with the estimate (:func:`population_estimate`), before allocating, when it would not fit in
+    the memory available."""
     pop = parse_population(table)
-    need, have = population_bytes(pop), available_memory()
-    if need > have:
-        raise BadInput(f"{pop.thps} THPs need about {need / 2**30:.1f} GiB "
-                       f"({need // pop.thps} bytes per THP with its split PTE tables), "
-                       f"{have / 2**30:.1f} GiB is available (ENOMEM)", field="thps")
+    check_fits(population_bytes(pop), field="thps", what=f"a population of {pop.thps} THPs and "
+               f"its split")
     return build_population(MemoryState(variant), pop, seed)
 
 

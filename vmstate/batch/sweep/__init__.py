@@ -57,9 +57,10 @@ from vmstate.batch.sweep.table import (
     MEAN_COUNTERS, TIMING_COLUMNS, build_runs_table, read_thps, runs_schema,
 )
 from vmstate.batch.sweep.worker import run_shard
-from vmstate.batch.sweep.execute import default_workers
+from vmstate.batch.sweep.execute import SchedulerLost, default_workers
 from vmstate.batch.sweep.driver import SweepReport, run_sweep
 
 __all__ = ["Sweep", "RunSpec", "ShardTask", "load_sweep", "parse_sweep", "shard_seed", "shard_tasks",
-           "run_shard", "run_sweep", "SweepReport", "default_workers", "build_runs_table",
+           "run_shard", "run_sweep", "SweepReport", "SchedulerLost", "default_workers",
+           "build_runs_table",
            "runs_schema", "read_thps", "TIMING_COLUMNS", "MEAN_COUNTERS"]

@@ -32,12 +32,14 @@ class SweepReport:
 
 
 def run_sweep(sweep: Sweep | str | os.PathLike, out, *, workers: int | None = None,
-              scheduler: str | None = None, progress: str = "auto", stream=None) -> SweepReport:
+              scheduler: str | None = None, threads: int | None = None, progress: str = "auto",
+              stream=None) -> SweepReport:
     """Run every shard of ``sweep`` that ``out`` does not hold yet and rebuild ``out/runs.parquet``.
 
     ``workers``: local processes (``None``: as many as CPUs and memory allow; ``0``: in this
     process). ``scheduler``: a Dask scheduler address (``tcp://host:8786``) or a
-    ``distributed.Client``; the runs go to its workers instead. ``progress``: ``"bar"`` (tqdm),
+    ``distributed.Client``; the runs go to its workers instead. ``threads``: numba threads per
+    shard (default: a Dask worker's ``--nthreads``, else CPUs / local workers). ``progress``: ``"bar"`` (tqdm),
     ``"log"`` (a line per shard), ``"none"``, ``"auto"`` (a bar on a terminal, else lines).
     Ctrl-C or SIGTERM stops the workers, keeps every finished shard, and returns with
     ``interrupted``."""
@@ -57,7 +59,7 @@ def run_sweep(sweep: Sweep | str | os.PathLike, out, *, workers: int | None = No
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) \
             if threading.current_thread() is threading.main_thread() else None
         try:
-            _collect(execute(todo, workers, scheduler, bar), out, report, bar)
+            _collect(execute(todo, workers, scheduler, bar, threads), out, report, bar)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

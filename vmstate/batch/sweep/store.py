@@ -6,6 +6,8 @@ import fcntl
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import polars as pl
@@ -20,7 +22,10 @@ __all__ = ["OutputLock", "done_shards", "check_or_write_spec", "write_shard", "w
 
 class OutputLock:
     """``out/.lock`` held (flock) for the whole invocation: two sweeps never write one ``out``. The
-    kernel drops the lock of a killed process; stale ``out/.tmp`` files are removed on entry."""
+    holder writes who it is into the file (``{"pid", "host", "since"}``), so a second sweep is
+    refused naming it, before it touches anything. The kernel drops the lock of a killed process
+    (its stale record is overwritten by the next holder); stale ``out/.tmp`` files are removed on
+    entry."""
 
     def __init__(self, out: Path):
         self.out = out
@@ -34,15 +39,30 @@ class OutputLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _holder(os.pread(self.fd, 4096, 0))
             os.close(self.fd)
-            raise BadInput(f"--out {self.out}: another vmstate sweep is writing it", field="out") \
-                from None
+            raise BadInput(f"--out {self.out}: another vmstate sweep is writing it ({holder})",
+                           field="out") from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(me).encode() + b"\n", 0)
         shutil.rmtree(self.out / ".tmp", ignore_errors=True)
         return self
 
     def __exit__(self, *exc):
         shutil.rmtree(self.out / ".tmp", ignore_errors=True)
+        os.ftruncate(self.fd, 0)
         os.close(self.fd)
+
+
+def _holder(record: bytes) -> str:
+    """The lock holder's record as words (it may be caught between truncate and write: empty)."""
+    try:
+        h = json.loads(record)
+        return f"pid {h['pid']} on {h['host']} since {h['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder not recorded yet"
 
 
 def write_file(out: Path, path: Path, write):

@@ -18,15 +18,21 @@ from vmstate.engine.population import parse_population
 from vmstate.batch.sweep.plan import ShardTask
 from vmstate.batch.sweep.table import REASON_NAMES
 
-__all__ = ["run_shard", "init_worker", "warm_dask_worker", "warm"]
+__all__ = ["run_shard", "init_worker", "warm_dask_worker", "warm", "set_threads"]
 
 _KERNEL_LOCK = threading.Lock()  # one split at a time per process (Dask may run tasks in threads)
 
 
-def run_shard(task: ShardTask) -> tuple[dict, pl.DataFrame]:
-    """Generate and split one shard; return its summary (JSON-ready) and per-THP frame."""
+def run_shard(task: ShardTask, threads: int | None = None) -> tuple[dict, pl.DataFrame]:
+    """Generate and split one shard on ``threads`` numba threads; return its summary (JSON-ready,
+    its ``threads`` what ``numba.get_num_threads()`` reports in this task) and per-THP frame.
+
+    ``numba.set_num_threads`` holds for the calling thread only, and a Dask worker runs tasks in
+    threads of its own, so the count is set here, in the thread that runs the split. ``None``: the
+    Dask worker's ``--nthreads`` when on one, else leave the count as it is."""
     from vmstate.batch import api
 
+    set_threads(threads if threads is not None else _dask_worker_threads())
     pop = parse_population(task.table)
     scn = api.population(**task.table, seed=task.seed, race=task.race, variant=task.run.variant,
                          name=f"{task.run.key}#{task.shard}")
@@ -95,18 +101,46 @@ def init_worker(threads: int | None):
     warm(threads)
 
 
-def warm_dask_worker(dask_worker):
-    """A Dask worker runs one split at a time (``_KERNEL_LOCK``) on as many numba threads as the
-    worker has task threads: ``dask worker --nthreads k`` gives each split k cores. (``Client.run``
-    passes the worker as ``dask_worker``.)"""
-    return warm(getattr(dask_worker, "nthreads", None) or dask_worker.state.nthreads)
+def warm_dask_worker(dask_worker, threads: int | None = None):
+    """Compile the kernels on a Dask worker; return the numba threads each of its splits will run
+    on: ``threads``, else as many as the worker has task threads (``dask worker --nthreads k``
+    gives each split k cores; one split runs at a time, ``_KERNEL_LOCK``). Only the count is
+    returned: :func:`run_shard` sets it in the task's own thread. (``Client.run`` passes the
+    worker as ``dask_worker``.)"""
+    warm()
+    return _capped(threads or _nthreads(dask_worker))
+
+
+def _nthreads(dask_worker) -> int:
+    return getattr(dask_worker, "nthreads", None) or dask_worker.state.nthreads
+
+
+def _dask_worker_threads() -> int | None:
+    """``--nthreads`` of the Dask worker running this task; None outside one."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+    try:
+        return _nthreads(get_worker())
+    except ValueError:  # not in a worker
+        return None
+
+
+def _capped(threads: int) -> int:
+    return max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def set_threads(threads: int | None):
+    """``numba.set_num_threads`` for the calling thread (None: leave it), capped at the threads
+    numba started (``NUMBA_NUM_THREADS``, the CPUs by default)."""
+    if threads:
+        numba.set_num_threads(_capped(threads))
 
 
 def warm(threads: int | None = None):
-    """Set ``threads`` numba threads (None: leave them) and compile the kernels on a tiny run;
-    return the thread count."""
-    if threads:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    """Set ``threads`` numba threads in this thread (None: leave them) and compile the kernels on
+    a tiny run; return the thread count."""
+    set_threads(threads)
     from vmstate.batch import api
     api.run(api.population(thps=4, shared=0.5, pinned=0.25, pte_mapped=0.25, seed=0))
     return numba.get_num_threads()
