@@ -131,7 +131,7 @@ def test_a_worker_killed_mid_sweep_changes_nothing(slow, cluster, tmp_path):
 
 
 def test_the_scheduler_lost_mid_sweep_then_local_processes_finish(slow, cluster, tmp_path):
-    """Exit 4 with one line naming the scheduler; what was written stays valid, and the same
+    """Exit 5 with one line naming the scheduler; what was written stays valid, and the same
     command on local processes finishes the dataset an uninterrupted local run writes."""
     sweep, ref = slow
     out = tmp_path / "out"
@@ -140,7 +140,7 @@ def test_the_scheduler_lost_mid_sweep_then_local_processes_finish(slow, cluster,
     wait_for(lambda: n_done(out) >= 1, proc)
     cluster.scheduler.kill()
     stdout, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 4, stderr
+    assert proc.returncode == 5, stderr
     errors = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert errors == [stderr.splitlines()[-1]], stderr
     assert errors[0].startswith(f"vmstate: error: --scheduler {cluster.address}: lost the Dask "

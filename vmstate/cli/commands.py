@@ -24,7 +24,7 @@ from vmstate.batch.runner import RunResult, run_scenario
 from vmstate.io.scenario import load_scenario
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_CORRUPT = 0, 2, 3
-EXIT_SCHEDULER_LOST = 4  # vmstate sweep --scheduler: the Dask scheduler went away mid-sweep
+EXIT_SCHEDULER_LOST = 5  # vmstate sweep --scheduler: the Dask scheduler went away mid-sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +71,7 @@ def _report_corrupt(e: CorruptState):
 
 def _sweep(args) -> int:
     """``vmstate sweep``: exit 0 every run is done, 2 bad input (the sweep file, DIR, or a run the
-    engine refused), 3 a run found corrupt state, 4 the Dask scheduler was lost (what finished is
+    engine refused), 3 a run found corrupt state, 5 the Dask scheduler was lost (what finished is
     kept), 130 interrupted (run the command again to go on)."""
     from vmstate.batch.sweep import SchedulerLost, load_sweep, run_sweep
     from vmstate.batch.sweep.store import done_shards
@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
                     "Writes DIR/runs.parquet (a row per run) and DIR/thps/ (per-THP outcomes, "
                     "hive-partitioned Parquet). Started again on the same DIR, it runs only what is "
                     "not done yet.",
-        epilog="exit status: 0 every run done, 2 bad input, 3 corrupt state, 4 the Dask scheduler "
+        epilog="exit status: 0 every run done, 2 bad input, 3 corrupt state, 5 the Dask scheduler "
                "was lost, 130 interrupted (run the same command again to finish)")
     sweep.add_argument("sweep", metavar="SWEEP", type=Path, help="sweep file (TOML)")
     sweep.add_argument("--out", metavar="DIR", type=Path, required=True,

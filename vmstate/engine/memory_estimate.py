@@ -10,10 +10,10 @@ Per part (the records of :mod:`vmstate.engine.dtypes`; Python objects as measure
 ``tracemalloc`` on CPython 3.11):
 
 - a 2 MiB block of page frames: one ``PAGE_BLOCK_DTYPE`` record (6168 bytes);
-- a mapping of a THP (each process that maps it, fork copies included: every mapping has its PMD
-  entry and a PTE table, deposited under a huge PMD or filled by the PMD split): a ``PMD_DTYPE``
-  record (32), a ``PTE_TABLE_DTYPE`` table (4096), its ``Mm.pmd_rows`` dict entry with two int
-  objects (93.5) and its row in ``Mm.sorted_rows`` (16);
+- a mapping of a THP (each process that maps it, fork copies included): a ``PMD_DTYPE`` record
+  (32), its slot and row in ``Mm.haddrs``/``Mm.rows`` (16), and a ``PTE_TABLE_DTYPE`` table (4096):
+  a split PMD's, or the one a split of a huge PMD withdraws (``MemoryState.withdraw_tables``; a
+  PMD-mapped THP that is never split has none, so this bounds the state from above until then);
 - a held pin: its ``(mm, addr, len)`` key, list, ``Pin`` and pfns array (398), plus 8 per page;
 - the split: the per-THP result arrays (ret, reason, the racing pins' points, the BUG() values,
   the ``costs``/``events`` rows) while the kernel runs, or the rmap index arrays
@@ -38,7 +38,7 @@ from vmstate.kernels.constants import COSTS, VM_EVENTS
 __all__ = ["MemoryEstimate", "estimate", "check_fits", "budget"]
 
 BLOCK_BYTES = PAGE_BLOCK_DTYPE.itemsize
-PMD_ROWS_BYTES = 93.5 + 16          # Mm.pmd_rows (dict entry, haddr and row ints) + Mm.sorted_rows
+PMD_ROWS_BYTES = 16                 # the slot and row in Mm.haddrs, Mm.rows (int64 each)
 PIN_BYTES = 398                     # one pin op's Python records, pfns array header included
 PIN_PAGE_BYTES = 8                  # a pinned page's pfn in Pin.pfns
 # The split's peak is the larger of its two phases. The rmap query (huge_memory.rmap_arrays):
