@@ -10,16 +10,15 @@ from numba import njit
 from numba import prange
 
 from vmstate.kernels.constants import (
-    ANON_FAULT_FLAGS, HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_ACCESSED, _PAGE_DIRTY,
-    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
+    ANON_FAULT_FLAGS, HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_ACCESSED, _PAGE_PRESENT,
+    _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.kernels.per_variant import per_variant
-from vmstate.kernels.pmd import copy_huge_pmd, split_huge_pmd, zap_huge_pmd
+from vmstate.kernels.pmd import FAULT_ENTRY, copy_huge_pmd, split_huge_pmd, zap_huge_pmd
 from vmstate.kernels.refcount import get_page, page_dup_rmap_pte, page_remove_rmap_pte, put_page
 
 _NOT_RW = 0xFFFFFFFFFFFFFFFF ^ _PAGE_RW
 _NOT_ACCESSED = 0xFFFFFFFFFFFFFFFF ^ _PAGE_ACCESSED
-_FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY  # a write fault's entry
 
 
 @njit(cache=True)
@@ -101,7 +100,7 @@ def do_anonymous_pages(blocks, bs, lo, hi, pmds, rows, tables):
             page["flags"][i] = ANON_FAULT_FLAGS
             page["_count"][i] = 1
             page["_mapcount"][i] = 0
-            pte[i] = ((bs[k] * HPAGE_PMD_NR + i) << PTE_PFN_SHIFT) | _FAULT_ENTRY
+            pte[i] = ((bs[k] * HPAGE_PMD_NR + i) << PTE_PFN_SHIFT) | FAULT_ENTRY
 
 
 @njit(cache=True)

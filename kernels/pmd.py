@@ -19,7 +19,7 @@ from vmstate.kernels.per_variant import (
 from vmstate.kernels.refcount import get_page, put_page
 
 _NOT_RW = 0xFFFFFFFFFFFFFFFF ^ _PAGE_RW
-_FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY  # a write fault's entry
+FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY  # a write fault's entry
 _NOT_ACCESSED = 0xFFFFFFFFFFFFFFFF ^ _PAGE_ACCESSED
 
 
@@ -45,7 +45,7 @@ def do_huge_pmd_anonymous_pages(blocks, thps, pmds, rows):
             flags[i] = 1 << PG_tail
         page["_count"][0] = 1
         page_add_new_anon_rmap(page)
-        pmds[rows[k]]["pmd"] = ((b * HPAGE_PMD_NR) << PTE_PFN_SHIFT) | _FAULT_ENTRY | _PAGE_PSE
+        pmds[rows[k]]["pmd"] = ((b * HPAGE_PMD_NR) << PTE_PFN_SHIFT) | FAULT_ENTRY | _PAGE_PSE
 
 
 @njit(cache=True)

@@ -139,22 +139,32 @@ MUTANTS = [
     ("fork.huge_get_page", "kernels/pmd.py", "    get_page(blocks, b, 0)\n    blocks[b][\"compound_mapcount\"] += 1",
      "    blocks[b][\"compound_mapcount\"] += 1"),
     ("fork.dup_rmap", "kernels/memory.py", "        page_dup_rmap_pte(blocks[b], j)\n", ""),
-    ("fork.child_table", "vmstate/engine/memory.py", "        elif entry & _PAGE_PRESENT:\n            ct =",
-     "        elif entry & _PAGE_PRESENT and a == 0:\n            ct ="),
+    ("fork.child_table", "vmstate/engine/memory.py", "    state.table_rows(dst_rows[table])",
+     "    state.table_rows(dst_rows[table & (lo == 0)])"),
     # ---- mprotect, VMAs, mmap ----
-    ("mprotect.huge_pmd", "vmstate/engine/mprotect.py", "            state.pmd[r] &= ~np.uint64(_PAGE_RW)\n",
-     "            pass\n"),
+    ("mprotect.huge_pmd", "kernels/memory.py", '            pmds[row]["pmd"] = entry & _NOT_RW',
+     '            pmds[row]["pmd"] = entry'),
+    ("mprotect.pte", "kernels/memory.py", "                if pte[i] & _PAGE_PRESENT:\n                    pte[i] &= _NOT_RW",
+     "                if pte[i] & _PAGE_PRESENT and i:\n                    pte[i] &= _NOT_RW"),
     ("mprotect.same_flags", "vmstate/engine/mprotect.py", "        if vma.vm_flags & VM_WRITE == want:\n            continue",
      "        if vma.vm_flags & VM_WRITE == want and False:\n            continue"),
     ("vma.split_pgoff", "vmstate/engine/mmap.py", "upper = Vma(vma.mm, at, vma.vm_end, at >> PAGE_SHIFT,",
      "upper = Vma(vma.mm, at, vma.vm_end, vma.vm_pgoff,"),
-    ("mmap.partial_thp", "vmstate/engine/mmap.py", "        if thp and a == 0 and z == HPAGE_PMD_NR:",
-     "        if thp and z == HPAGE_PMD_NR:"),
+    ("mmap.partial_thp", "vmstate/engine/memory.py", "huge = (lo == 0) & (hi == N) if thp",
+     "huge = (hi == N) if thp"),
+    ("fault.small_mapcount", "kernels/memory.py", '            page["_mapcount"][i] = 0\n',
+     '            page["_mapcount"][i] = 1\n'),
+    ("fault.entry_dirty", "kernels/pmd.py", "FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY",
+     "FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED"),
+    ("fault.v5_offset", "kernels/v5.py", "    for i in range(HPAGE_PMD_NR):\n        mc[i] = 0\n",
+     "    for i in range(1, HPAGE_PMD_NR):\n        mc[i] = 0\n"),
     ("rmap.vma_lo", "vmstate/engine/huge_memory.py", "np.maximum(0, v.vm_pgoff - ii)", "np.maximum(1, v.vm_pgoff - ii)"),
     # ---- pin ----
     ("pin.all_pages", "vmstate/engine/gup.py", "    k_refcount.get_pages(state.blocks.a, pfns, 1)",
      "    k_refcount.get_pages(state.blocks.a, pfns[:1], 1)"),
     ("pin.unpin_count", "vmstate/engine/gup.py", "    top.nr -= 1\n", "    top.nr -= 0\n"),
+    ("pin.hole", "kernels/memory.py", "            if not pte[i] & _PAGE_PRESENT:\n                hole[0], hole[1] = r, i\n                return -1",
+     "            if not pte[i] & _PAGE_PRESENT and i == 0:\n                hole[0], hole[1] = r, i\n                return -1"),
     ("pin.merge", "vmstate/engine/gup.py", "    if stack and np.array_equal(stack[-1].pfns, pfns):",
      "    if stack:"),
 ]
@@ -178,13 +188,19 @@ EQUIVALENT = {
 }
 
 
-def _tree(dest: Path, mutant) -> None:
-    _, file, old, new = mutant
+def _snapshot(dest: Path) -> None:
+    """The package (``kernels/`` as ``vmstate/kernels``) and the tests, copied once: every mutant
+    starts from the same tree, whatever happens to the checkout meanwhile."""
     shutil.copytree(REPO / "vmstate", dest / "vmstate", symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__", "kernels"))
     shutil.copytree(REPO / "kernels", dest / "vmstate" / "kernels",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+
+
+def _tree(dest: Path, mutant, base: Path) -> None:
+    _, file, old, new = mutant
+    shutil.copytree(base, dest, dirs_exist_ok=True)
     path = dest / ("vmstate/" + file if file.startswith("kernels/") else file)
     text = path.read_text()
     if text.count(old) != 1:
@@ -192,11 +208,11 @@ def _tree(dest: Path, mutant) -> None:
     path.write_text(text.replace(old, new))
 
 
-def run_mutant(mutant, fuzz: int, extra=()) -> tuple[str, bool, str, float]:
+def run_mutant(mutant, fuzz: int, base: Path, extra=()) -> tuple[str, bool, str, float]:
     """(id, killed, what killed it, seconds)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vmstate-mutant-") as tmp:
-        _tree(Path(tmp), mutant)
+        _tree(Path(tmp), mutant, base)
         env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "PYTHONPATH": tmp,
                "HYPOTHESIS_STORAGE_DIRECTORY": str(Path(tmp) / ".hypothesis")}
         r = subprocess.run([sys.executable, str(Path(tmp) / "tests" / "corners.py"), "--fuzz", str(fuzz),
@@ -216,9 +232,11 @@ def main(argv) -> int:
         if text.count(m[2]) != 1:
             print(f"{m[0]}: the original occurs {text.count(m[2])} times in {m[1]}: update the mutant")
             return 2
-    with ThreadPoolExecutor(jobs) as pool:
-        extra = ["--no-corners"] if "--no-corners" in argv else []
-        results = list(pool.map(lambda m: run_mutant(m, fuzz, extra), chosen))
+    extra = ["--no-corners"] if "--no-corners" in argv else []
+    with tempfile.TemporaryDirectory(prefix="vmstate-mutation-base-") as base, \
+            ThreadPoolExecutor(jobs) as pool:
+        _snapshot(Path(base))
+        results = list(pool.map(lambda m: run_mutant(m, fuzz, Path(base), extra), chosen))
     survivors = []
     for mid, killed, why, secs in results:
         if killed:
