@@ -281,13 +281,18 @@ def test_an_unwritable_directory(tmp_path, capsys):
         shutil.copy(small, scenario)
         os.chmod(mnt, 0o755)
         capsys.readouterr()
+        sweep = mnt / "sweep"
+        run_sweep(TINY, sweep, workers=0, progress="none")
+        capsys.readouterr()
         with as_nobody():
             codes = [cli.main(["run", str(scenario), "--out", str(out)]),
-                     cli.main(["sweep", str(TINY), "--out", str(mnt / "s"), "--progress", "none"])]
+                     cli.main(["sweep", str(TINY), "--out", str(mnt / "s"), "--progress", "none"]),
+                     cli.main(["plot", str(sweep)])]
         err = capsys.readouterr().err
-        assert codes == [4, 4]
+        assert codes == [4, 4, 4]
         assert err == (f"vmstate: error: {out}: Permission denied (EACCES)\n"
-                       f"vmstate: error: {mnt}: Permission denied (EACCES)\n")
+                       f"vmstate: error: {mnt}: Permission denied (EACCES)\n"
+                       f"vmstate: error: {sweep / 'plots'}: Permission denied (EACCES)\n")
         assert visible(out) == before
 
 
