@@ -90,7 +90,20 @@ def scenario(tmp_path, text, name="s.toml") -> Path:
 
 
 def listing(directory: Path) -> list[str]:
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+    """What a reader of ``directory`` sees: every name, symlinks followed, hidden names left out."""
+    names = []
+    for top, dirs, files in os.walk(directory, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        names += [os.path.relpath(os.path.join(top, n), directory)
+                  for n in dirs + files if not n.startswith(".")]
+    return sorted(names)
+
+
+def hidden(directory: Path) -> list[str]:
+    """The hidden names of a run directory (vmstate.io.atomic's switch), the trees as ``<id>``."""
+    names = [p.name for p in directory.iterdir() if p.name.startswith(".")]
+    runs = directory / ".runs"
+    return sorted(names + (["<id>" for _ in runs.iterdir()] if runs.is_dir() else []))
 
 
 # --- the real command line ---------------------------------------------------------------------
@@ -115,7 +128,8 @@ def test_json_and_out(tmp_path):
     assert listing(out) == ["snapshots", "snapshots/after-split", "snapshots/after-split/pagemap.parquet",
                             "snapshots/after-split/pages.parquet", "snapshots/before",
                             "snapshots/before/pagemap.parquet", "snapshots/before/pages.parquet",
-                            "summary.json"]  # no .tmp-* left behind
+                            "summary.json"]
+    assert hidden(out) == [".current", ".runs", "<id>"]  # one tree, no .tmp-* left behind
     for label in ("before", "after-split"):
         pages = pl.read_parquet(out / "snapshots" / label / "pages.parquet")
         pagemap = pl.read_parquet(out / "snapshots" / label / "pagemap.parquet")
@@ -215,9 +229,11 @@ def test_failed_write_leaves_no_final_file(tmp_path, monkeypatch, capsys):
         return real(self, file, *args, **kwargs)
     monkeypatch.setattr(pl.DataFrame, "write_parquet", write_parquet)
     out = tmp_path / "out"
-    assert cli.main(["run", str(scenario(tmp_path, SMALL)), "--out", str(out)]) == 2
-    assert "No space left on device" in capsys.readouterr().err
+    assert cli.main(["run", str(scenario(tmp_path, SMALL)), "--out", str(out)]) == 4
+    assert capsys.readouterr().err == (f"vmstate: error: {out}/snapshots/before/pagemap.parquet: "
+                                       "No space left on device (ENOSPC)\n")
     assert listing(out) == []
+    assert hidden(out) == []  # the new tree removed, nothing else
 
 
 def test_out_is_a_file(tmp_path, capsys):
@@ -225,6 +241,28 @@ def test_out_is_a_file(tmp_path, capsys):
     assert cli.main(["run", str(scenario(tmp_path, SMALL)), "--out", str(tmp_path / "f" / "d")]) == 2
     assert capsys.readouterr().err == (f"vmstate: error: --out {tmp_path / 'f' / 'd'}: "
                                        f"{tmp_path / 'f'} is not a directory (ENOTDIR)\n")
+
+
+def test_a_reused_out_holds_the_new_run_only(tmp_path, capsys):
+    """A second run into the same --out replaces the first one whole: none of its snapshot labels
+    stays; an --out written by an older vmstate (real files under the final names) is taken over."""
+    out = tmp_path / "out"
+    first = scenario(tmp_path, SMALL)
+    assert cli.main(["run", str(first), "--out", str(out)]) == 0
+    other = tmp_path / "other.toml"
+    other.write_text(SMALL.replace('label = "before"', 'label = "early"'))
+    assert cli.main(["run", str(other), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["after-split", "early"]
+    assert set(json.loads((out / "summary.json").read_text())["snapshots"]) == {"after-split", "early"}
+    assert hidden(out) == [".current", ".runs", "<id>"]
+    legacy = tmp_path / "legacy"  # as vmstate wrote it before the switch
+    (legacy / "snapshots" / "old").mkdir(parents=True)
+    (legacy / "snapshots" / "old" / "pages.parquet").write_bytes(b"x")
+    (legacy / "summary.json").write_text("{}")
+    assert cli.main(["run", str(first), "--out", str(legacy)]) == 0
+    assert listing(legacy) == sorted(n.replace("early", "before") for n in listing(out))
+    assert sorted(p.name for p in (legacy / "snapshots").iterdir()) == ["after-split", "before"]
+    assert hidden(legacy) == [".current", ".runs", "<id>"]
 
 
 def test_rerun_replaces_files(tmp_path, capsys):

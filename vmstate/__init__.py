@@ -9,7 +9,7 @@ beside :mod:`vmstate.bridge` (the running kernel), and :mod:`vmstate.cli`. ``vms
 """
 from vmstate.engine.population import from_population
 from vmstate.engine.state import MemoryState
-from vmstate.errors import BadInput, CorruptState, VmstateError
+from vmstate.errors import BadInput, CorruptState, OutputError, VmstateError
 
-__all__ = ["MemoryState", "from_population", "BadInput", "CorruptState", "VmstateError"]
+__all__ = ["MemoryState", "from_population", "BadInput", "CorruptState", "OutputError", "VmstateError"]
 __version__ = "0.1.0"

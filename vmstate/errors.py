@@ -1,5 +1,8 @@
 """One error base, narrow subclasses (the polars habit). Expected kernel outcomes (-EBUSY) are result
-codes, never exceptions: only bad input and corrupt state raise."""
+codes, never exceptions: only bad input and corrupt state raise, and output that could not be
+written."""
+import errno as _errno
+import os as _os
 
 
 class VmstateError(Exception):
@@ -23,3 +26,17 @@ class CorruptState(VmstateError):
         super().__init__(msg)
         self.pfn = pfn
         self.rule = rule
+
+
+class OutputError(VmstateError):
+    """An output could not be written (a full disk, no permission, a read-only file system): the
+    file or directory ``path`` and the ``errno`` of the failing call. The writers of
+    :mod:`vmstate.io.atomic` raise it after removing their temporary files, so nothing partial is
+    left under a final name and the previous output stays as it was."""
+
+    def __init__(self, path, errno_: int | None, strerror: str | None = None):
+        name = _errno.errorcode.get(errno_, "") if errno_ is not None else ""
+        text = strerror or (_os.strerror(errno_) if errno_ is not None else "cannot write")
+        super().__init__(f"{path}: {text} ({name})" if name else f"{path}: {text}")
+        self.path = path
+        self.errno = errno_

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from vmstate.errors import BadInput
+from vmstate.errors import BadInput, OutputError
 from vmstate.io.atomic import atomic_write, makedirs_synced
 
 __all__ = ["plot_sweep", "DEFAULT_METRICS", "LABELS"]
@@ -61,7 +61,10 @@ def plot_sweep(directory, *, out=None, metrics=DEFAULT_METRICS) -> list[Path]:
     sample_keys = list(spec.get("sample", {}).get("ranges", {})) if "sample" in spec \
         else _varied(sample)
     out = Path(out) if out is not None else directory / "plots"
-    makedirs_synced(out)
+    try:
+        makedirs_synced(out)
+    except OSError as e:  # exit 4, as a PNG that cannot be written (atomic_write)
+        raise OutputError(e.filename or out, e.errno, e.strerror) from e
     written = []
     if not grid.is_empty():
         for x in grid_keys or ["seed"]:

@@ -2,7 +2,6 @@
 the contract's summary and snapshots need. Nothing here touches the file system."""
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 

@@ -267,8 +267,9 @@ def _pmd_heuristic(mm, vaddr, pfn, head, in_thp, present, targets, vmas, notes):
 
 
 def write_capture(c: Captured, out):
-    """``out/pagemap.parquet`` then ``out/pages.parquet``, each atomically (``vmstate run --out``'s
-    scheme)."""
+    """``out/pagemap.parquet`` and ``out/pages.parquet`` as ``out``'s content in one switch
+    (:class:`vmstate.io.atomic.TreeWriter`, ``vmstate run --out``'s scheme): a reused ``out`` holds
+    the previous capture or this one, never one file of each."""
     write_tree(out, [(PAGEMAP, parquet_writer(c.pagemap, c.pagemap_meta)),
                      (PAGES, parquet_writer(c.pages, c.pages_meta))])
 

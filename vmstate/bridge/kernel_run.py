@@ -142,7 +142,7 @@ class KernelRun:
         ops = program(self.scenario)
         self.libc = _kworker.libc()
         self.split_file, self.debugfs_mount, debugfs_why = probe_debugfs(self.libc)
-        writer = TreeWriter(out)
+        writer = TreeWriter(out, dirs=("snapshots",))  # out switches to this run on commit
         summary = {"scenario": self.scenario.name, "kernel": os.uname().release,
                    "source": "kernel-run",
                    "split_trigger": "debugfs" if self.split_file else "madv_cold",

@@ -3,12 +3,16 @@
 (:mod:`vmstate.batch.plot`).
 
 Exit status: 0 the scenario ran (failed splits are outcomes, not errors), 2 bad input (one line on
-stderr), 3 the state was found corrupt (the kernel's BUG() path). Only a run that succeeded writes, and
-every file reaches its final name complete or not at all.
+stderr), 3 the state was found corrupt (the kernel's BUG() path), 4 an output could not be written (a
+full disk, no permission, a read-only file system: one line on stderr naming the path and the errno,
+``vmstate: error: DIR/snapshots/a/pages.parquet: No space left on device (ENOSPC)``; nothing partial
+is left and DIR keeps its previous run). Only a run that succeeded writes, and ``--out DIR`` switches
+from the previous run to the new one in one step (:mod:`vmstate.io.atomic`).
 """
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -18,12 +22,13 @@ from vmstate.kernels.constants import VARIANTS
 from vmstate.cli import kernel as cli_kernel
 from vmstate.io.atomic import json_writer, write_tree
 from vmstate.io.dataset import PAGEMAP, PAGES, SUMMARY, parquet_writer
-from vmstate.errors import BadInput, CorruptState
+from vmstate.errors import BadInput, CorruptState, OutputError
 from vmstate.io.kformat import KPAGECOUNT, KPAGEFLAGS, kpage_arrays, write_u64
 from vmstate.batch.runner import RunResult, run_scenario
 from vmstate.io.scenario import load_scenario
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_CORRUPT = 0, 2, 3
+EXIT_OK, EXIT_BAD_INPUT, EXIT_CORRUPT, EXIT_OUTPUT = 0, 2, 3, 4
+EXIT_OUTPUT_HELP = "4 could not write output (full disk, no permission: the path and the errno)"
 EXIT_SCHEDULER_LOST = 5  # vmstate sweep --scheduler: the Dask scheduler went away mid-sweep
 
 
@@ -54,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except CorruptState as e:
         _report_corrupt(e)
         return EXIT_CORRUPT
+    except OutputError as e:
+        print(f"vmstate: error: {e}", file=sys.stderr)
+        return EXIT_OUTPUT
     if args.json:
         print(json.dumps(result.summary, indent=2))
     else:
@@ -71,13 +79,15 @@ def _report_corrupt(e: CorruptState):
 
 def _sweep(args) -> int:
     """``vmstate sweep``: exit 0 every run is done, 2 bad input (the sweep file, DIR, or a run the
-    engine refused), 3 a run found corrupt state, 5 the Dask scheduler was lost (what finished is
-    kept), 130 interrupted (run the command again to go on)."""
+    engine refused), 3 a run found corrupt state, 4 a file could not be written (finished shards
+    stay; started again when there is room, it goes on), 5 the Dask scheduler was lost (what
+    finished is kept), 130 interrupted (run the command again to go on)."""
     from vmstate.batch.sweep import SchedulerLost, load_sweep, run_sweep
     from vmstate.batch.sweep.store import done_shards
     sweep = load_sweep(args.sweep)
     if args.out.exists() and not args.out.is_dir():
         raise BadInput(f"--out {args.out}: not a directory (ENOTDIR)", field="out")
+    _check_out(args.out)
     try:
         report = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler,
                            threads=args.threads, progress=args.progress)
@@ -116,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a scenario file",
                               description="Run a scenario file (TOML) and report what happened.",
                               epilog="exit status: 0 the scenario ran (failed splits are outcomes), "
-                                     "2 bad input, 3 corrupt state (the kernel's BUG() path)")
+                                     "2 bad input, 3 corrupt state (the kernel's BUG() path), "
+                                     + EXIT_OUTPUT_HELP)
     run.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file (TOML)")
     run.add_argument("--out", metavar="DIR", type=Path,
                      help="write DIR/summary.json and DIR/snapshots/<label>/{pages,pagemap}.parquet")
@@ -137,8 +148,9 @@ def _parser() -> argparse.ArgumentParser:
                     "Writes DIR/runs.parquet (a row per run) and DIR/thps/ (per-THP outcomes, "
                     "hive-partitioned Parquet). Started again on the same DIR, it runs only what is "
                     "not done yet.",
-        epilog="exit status: 0 every run done, 2 bad input, 3 corrupt state, 5 the Dask scheduler "
-               "was lost, 130 interrupted (run the same command again to finish)")
+        epilog="exit status: 0 every run done, 2 bad input, 3 corrupt state, 4 could not write "
+               "output (full disk, no permission: the path and the errno; finished runs stay), "
+               "5 the Dask scheduler was lost, 130 interrupted (run the same command again to finish)")
     sweep.add_argument("sweep", metavar="SWEEP", type=Path, help="sweep file (TOML)")
     sweep.add_argument("--out", metavar="DIR", type=Path, required=True,
                        help="the sweep's dataset directory (created; resumed when it exists)")
@@ -160,7 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser(
         "plot", help="draw a sweep's charts (PNG)",
         description="Draw DIR/runs.parquet: for each swept key, the split failure rate and the µs "
-                    "per THP split against it, one line per value of another swept key.")
+                    "per THP split against it, one line per value of another swept key.",
+        epilog="exit status: 0 drawn, 2 bad input, " + EXIT_OUTPUT_HELP)
     plot.add_argument("dir", metavar="DIR", type=Path, help="a directory written by vmstate sweep")
     plot.add_argument("--out", metavar="PLOTDIR", type=Path,
                       help="where to write the PNGs (default DIR/plots)")
@@ -168,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="a runs.parquet column to plot (repeat for more; default failure_rate "
                            "and us_per_thp_split)")
     cli_kernel.add_run_options(run)
-    cli_kernel.add_parsers(commands)
+    cli_kernel.add_parsers(commands, EXIT_OUTPUT_HELP)
     return parser
 
 
@@ -214,23 +227,27 @@ def human_summary(summary: dict, out: Path | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Output: temp files in DIR/.tmp-XXXX, fsync'd, then renamed into place, summary.json last.
+# Output: the new run's tree in DIR/.runs/<id>, fsync'd, then one switch (vmstate.io.atomic).
 
 
 def _check_out(out: Path):
-    """Refuse an --out that cannot become a directory before spending the run on it."""
+    """Refuse an --out that cannot become a directory (bad input) or that this process may not
+    write (EACCES, EROFS: an OutputError) before spending the run on it."""
     probe = out
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         raise BadInput(f"--out {out}: {probe} is not a directory (ENOTDIR)", field="out")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise BadInput(f"--out {out}: {probe} is not writable (EACCES)", field="out")
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise OutputError(probe, errno.EROFS)
+    if not os.access(probe, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise OutputError(probe, errno.EACCES)
 
 
 def write_outputs(result: RunResult, out: Path, *, kpage: bool = False):
-    """Write the run's files under ``out`` (:func:`vmstate.io.atomic.write_tree`): a run killed
-    half-way leaves at most a hidden ``.tmp-*`` directory, never a partial file under a final name.
+    """Write the run as ``out``'s whole content in one switch (:func:`vmstate.io.atomic.write_tree`):
+    a reader sees the previous run or this one, never a mix, and none of the previous run's
+    snapshot labels stays; a kill leaves only hidden files, removed by the next run into ``out``.
     ``kpage``: each snapshot also as ``kpageflags`` and ``kpagecount`` (:mod:`vmstate.io.kformat`)."""
     files = []
     for label, (pages, pagemap) in result.snapshots.items():
@@ -239,9 +256,8 @@ def write_outputs(result: RunResult, out: Path, *, kpage: bool = False):
         if kpage:
             for name, array in zip((KPAGEFLAGS, KPAGECOUNT), kpage_arrays(pages)):
                 files.append((Path("snapshots", label, name), lambda f, a=array: write_u64(f, a)))
-    # last: its presence says the run's files are all there
     files.append((Path(SUMMARY), json_writer(result.summary)))
-    write_tree(out, files)
+    write_tree(out, files, dirs=("snapshots",))
 
 
 if __name__ == "__main__":

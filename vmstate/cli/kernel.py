@@ -9,7 +9,9 @@
   state (``vmstate.bridge.load.from_capture``).
 
 Exit status: 0 done (``diff``: no difference beyond the documented divergences), 1 ``diff`` found
-differences, 2 bad input (one line on stderr naming the file and field), 3 corrupt state.
+differences, 2 bad input (one line on stderr naming the file and field), 3 corrupt state, 4
+``capture``/``kernel-run`` could not write ``--out`` (one line naming the path and the errno; the
+previous content of DIR stays). ``diff --json`` writes only to stdout.
 """
 import argparse
 import json
@@ -20,14 +22,16 @@ COMMANDS = ("capture", "kernel-run", "diff")
 EXIT_DIFFERS = 1
 
 
-def add_parsers(commands):
-    """The three subcommands' parsers, under ``commands`` (the ``add_subparsers()`` object)."""
+def add_parsers(commands, output_help: str):
+    """The three subcommands' parsers, under ``commands`` (the ``add_subparsers()`` object);
+    ``output_help`` is the epilogs' text for exit status 4."""
     cap = commands.add_parser(
         "capture", help="capture a live process's THP state from /proc (root)",
         description="Read /proc/PID/maps and pagemap, then /proc/kpageflags and /proc/kpagecount of "
                     "every frame mapped, and write DIR/pages.parquet and DIR/pagemap.parquet in the "
                     "simulator's schema (refcount null: the kernel exports none).",
-        epilog="exit status: 0 written, 2 bad input (no such process, not root, bad range)")
+        epilog="exit status: 0 written, 2 bad input (no such process, not root, bad range), "
+               + output_help)
     cap.add_argument("--pid", metavar="[NAME=]PID", action="append", required=True, type=_pid,
                      help="a process to capture (repeat for more); its mm name is NAME, else PID")
     cap.add_argument("--range", metavar="START-END", action="append", dest="ranges",
@@ -41,7 +45,8 @@ def add_parsers(commands):
                     "fork, exit, munmap, MADV_DONTNEED, mprotect, pin/unpin with vmsplice or "
                     "io_uring, split with debugfs or MADV_COLD), capture every snapshot from /proc "
                     "and record the /proc/vmstat thp_* deltas of each op.",
-        epilog="exit status: 0 the scenario ran, 2 bad input (also: no root/THP here)")
+        epilog="exit status: 0 the scenario ran, 2 bad input (also: no root/THP here), "
+               + output_help)
     kr.add_argument("scenario", metavar="SCENARIO", type=Path, help="scenario file (TOML)")
     kr.add_argument("--out", metavar="DIR", type=Path, required=True,
                     help="DIR/summary.json + DIR/snapshots/<label>/{pages,pagemap}.parquet")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmstate.errors import OutputError
 from vmstate.batch.sweep.execute import execute
 from vmstate.batch.sweep.plan import shard_tasks
 from vmstate.batch.sweep.progress import Progress
@@ -58,13 +59,19 @@ def run_sweep(sweep: Sweep | str | os.PathLike, out, *, workers: int | None = No
         bar = Progress(progress, stream, len(tasks), report.skipped, sweep.name)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) \
             if threading.current_thread() is threading.main_thread() else None
+        failed = True
         try:
             _collect(execute(todo, workers, scheduler, bar, threads), out, report, bar)
+            failed = False
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             bar.close()
-            build_runs_table(out, sweep)
+            try:
+                build_runs_table(out, sweep)
+            except OutputError:
+                if not failed:
+                    raise  # else the write that failed first (a full disk) is the one reported
         report.seconds = time.perf_counter() - t_start
     return report
 

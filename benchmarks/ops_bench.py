@@ -1,0 +1,138 @@
+"""Every operation at scale: one program of N THPs through the ``MemoryState`` ops, timed op by op.
+
+Usage::
+
+    python benchmarks/ops_bench.py --thps 10000 100000 1000000 [--json] [--variant v5]
+
+The program (each size in its own subprocess, so ``peak_rss_bytes`` is that size's):
+
+1. ``mmap`` N THPs in ``parent``; 2. ``fork`` → ``child``; 3. ``mprotect`` of the child's whole
+range to "r"; 4. ``pin`` of the parent's whole range; 5. ``unpin``; 6. ``madvise_dontneed`` of the
+first half of every THP in the child (each child PMD split, then 256 PTEs zapped); 7. ``munmap`` of
+the child's other half; 8. ``split`` of every THP from the parent; 9. ``exit`` of the child;
+10. ``munmap`` of the parent's now-small pages.
+
+Per op: ``us_per_thp``, ``bytes_per_thp`` (what the op must read and write per THP at least, by
+the record sizes: written out per op below), ``roofline_us_per_thp`` = that / the streaming copy
+bandwidth measured in the same run, ``ratio_to_roofline`` and ``ratio_to_split`` (µs/THP over the
+split's in the same run). Each op runs once on a warm program of 64 THPs first, so compiling is not
+timed. Peak RSS is VmHWM of the run.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks._machine import machine, peak_rss_bytes, reset_peak_rss, stream_bandwidth  # noqa: E402
+
+ADDR = 0x100000000000
+M2 = 2 << 20
+PAGE = 4096
+N = 512
+BLOCK, PMD, TABLE = 6168, 32, 4096
+# Bytes each op must touch per THP, at least (reads + writes of the records it changes).
+BYTES = {
+    "mmap": BLOCK + PMD,                          # the page records and the PMD entry, written
+    "fork": 2 * PMD + PMD + 64,                   # parent's entry read and written, child's written, head line
+    "mprotect": 2 * PMD,                          # the child's entry read and written
+    "pin": PMD + 8 * N * 2 + 64,                  # the walk, the pfns written and read back, the head's count
+    "unpin": 8 * N + 64,                          # the pfns read, the head's count
+    "madvise_dontneed": PMD + TABLE + 2 * 2048 + 2 * TABLE // 2 + 64,  # the PMD split writes the table and
+                                                  # every _mapcount, then 256 PTEs and mapcounts r/w
+    "munmap_child_half": 2 * TABLE // 2 + 2 * 1024 + 64,  # 256 PTEs and their _mapcounts r/w
+    "split": 5 * 2048 + 3 * TABLE,                # split_bench's pmd model: records r/w, the freeze's table
+    "exit_child": PMD,                            # nothing mapped is left: the VMAs and their PMD rows
+    "munmap_parent_small": 2 * TABLE + 2 * 12 * N,  # 512 PTEs r/w, 512 page records freed (r/w)
+}
+
+
+def program(s, n, addr=ADDR):
+    """The ops, as (name, callable) in order."""
+    half = n * M2 // 2
+    return [
+        ("mmap", lambda: s.mmap("parent", addr, n * M2)),
+        ("fork", lambda: s.fork("parent", "child")),
+        ("mprotect", lambda: s.mprotect("child", addr, n * M2, "r")),
+        ("pin", lambda: s.pin("parent", addr, n * M2)),
+        ("unpin", lambda: s.unpin("parent", addr, n * M2)),
+        ("madvise_dontneed", lambda: [s.madvise_dontneed("child", addr, n * M2)] and None
+         if False else _dontneed_halves(s, n, addr)),
+        ("munmap_child_half", lambda: _munmap_other_halves(s, n, addr)),
+        ("split", lambda: s.split("parent", addr, n * M2)),
+        ("exit_child", lambda: s.exit("child")),
+        ("munmap_parent_small", lambda: s.munmap("parent", addr, n * M2)),
+    ], half
+
+
+def _dontneed_halves(s, n, addr):
+    """The first half of every THP in the child: one madvise per THP would time Python; the op's
+    range is contiguous, so the halves are zapped as one range per THP pair... kept per THP to
+    split every child PMD, as the issue's program does."""
+    for k in range(n):
+        s.madvise_dontneed("child", addr + k * M2, M2 // 2)
+
+
+def _munmap_other_halves(s, n, addr):
+    for k in range(n):
+        s.munmap("child", addr + k * M2 + M2 // 2, M2 // 2)
+
+
+def run_one(thps, variant):
+    from vmstate import MemoryState
+    out = {"thps": thps, "variant": variant, **machine()}
+    bw = stream_bandwidth()
+    out["stream_bandwidth_GBps"] = round(bw / 1e9, 2)
+    warm = MemoryState(variant)
+    for _, op in program(warm, 64, 0x7F0000000000)[0]:
+        op()
+    del warm
+    reset_peak_rss()
+    s = MemoryState(variant)
+    ops = {}
+    for name, op in program(s, thps)[0]:
+        t = time.perf_counter()
+        op()
+        ops[name] = time.perf_counter() - t
+    split_us = ops["split"] / thps * 1e6
+    out["ops"] = {}
+    for name, secs in ops.items():
+        us = secs / thps * 1e6
+        roof = BYTES[name] / bw * 1e6
+        out["ops"][name] = {"s": round(secs, 4), "us_per_thp": round(us, 3),
+                            "bytes_per_thp": BYTES[name], "roofline_us_per_thp": round(roof, 4),
+                            "ratio_to_roofline": round(us / roof, 1),
+                            "ratio_to_split": round(us / split_us, 2)}
+    out["peak_rss_bytes"] = peak_rss_bytes()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--thps", type=int, nargs="+", default=[10000, 100000, 1000000])
+    ap.add_argument("--variant", default="v5")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.variant)))
+        return
+    for n in args.thps:
+        r = subprocess.run([sys.executable, __file__, "--one", str(n), "--variant", args.variant],
+                           capture_output=True, text=True, check=True)
+        line = json.loads(r.stdout.strip().splitlines()[-1])
+        if args.json:
+            print(json.dumps(line))
+            continue
+        print(f"{n} THPs ({line['variant']}), stream {line['stream_bandwidth_GBps']} GB/s, "
+              f"peak RSS {line['peak_rss_bytes'] / 2**30:.2f} GiB")
+        for name, o in line["ops"].items():
+            print(f"  {name:22s} {o['us_per_thp']:8.3f} µs/THP  {o['ratio_to_split']:6.2f}x split  "
+                  f"{o['ratio_to_roofline']:7.1f}x roofline ({o['bytes_per_thp']} B)")
+
+
+if __name__ == "__main__":
+    main()
