@@ -28,6 +28,7 @@ _LOCKED = 1 << PG_locked
 # would refuse to combine with the uint32 flags.
 _NOT_LOCKED = 0xFFFFFFFF ^ _LOCKED
 _NOT_HEAD = 0xFFFFFFFF ^ (1 << PG_head)
+_HWPOISON = 1 << PG_hwpoison
 
 
 @per_variant()
@@ -38,14 +39,20 @@ def _split_huge_page(b, blocks, costs, bug):
     flags, _count, _mapcount = page["flags"], page["_count"], page["_mapcount"]
     cmc = page["compound_mapcount"]
     costs[C_LRU_LOCK] += 1  # spin_lock_irq(&zone->lru_lock)
-    for i in range(HPAGE_PMD_NR - 1, 0, -1):
-        # BUG_ON(tail _count != 0), checked for all tails first so the loop below has no exit
-        if _count[i] != 0:
-            bug[0] = b * HPAGE_PMD_NR
-            bug[1] = BUG_TAIL_COUNT
-            bug[2] = i
-            bug[3] = _count[i]
-            return -1
+    # BUG_ON(tail _count != 0), checked for all tails first so the loop below has no exit: an OR
+    # over the tails (vectorized), then the first offender (the C's order: from the last tail down)
+    # only when there is one.
+    any_count = 0
+    for i in range(1, HPAGE_PMD_NR):
+        any_count |= _count[i]
+    if any_count != 0:
+        for i in range(HPAGE_PMD_NR - 1, 0, -1):
+            if _count[i] != 0:
+                bug[0] = b * HPAGE_PMD_NR
+                bug[1] = BUG_TAIL_COUNT
+                bug[2] = i
+                bug[3] = _count[i]
+                return -1
     head_flags = flags[0]
     offset = mapcount_offset(page)
     tail_mapcount = 0
@@ -65,12 +72,14 @@ def _put_split_subpages(page, costs):
     flags, _count, _mapcount = page["flags"], page["_count"], page["_mapcount"]
     freed = 0
     for i in range(1, HPAGE_PMD_NR):
-        flags[i] &= _NOT_LOCKED
-        _count[i] -= 1
-        if _count[i] == 0:
-            flags[i] &= 1 << PG_hwpoison
-            _mapcount[i] = -1
-            freed += 1
+        # unlock_page(); put_page(): if (--_count == 0) { flags &= PG_hwpoison; _mapcount = -1 }
+        # written without a branch, so the loop vectorizes
+        c = _count[i] - 1
+        _count[i] = c
+        gone = c == 0
+        flags[i] = (flags[i] & _NOT_LOCKED) & (_HWPOISON if gone else 0xFFFFFFFF)
+        _mapcount[i] = -1 if gone else _mapcount[i]
+        freed += gone
     costs[C_PAGES_FREED] += freed
 
 
@@ -92,14 +101,15 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
     ``pin_at``/``unpin_at``: where a racing pin lands and leaves (``RACE_*``, see ``_race``)."""
     page = blocks[b]
     head_pfn = b * HPAGE_PMD_NR
-    # page_get_anon_vma(): NULL when !page_mapped(page)
-    if total_mapcount(page["_mapcount"], page["compound_mapcount"], mapcount_offset(page)) == 0:
+    # page_get_anon_vma(): NULL when !page_mapped(page), which is total_mapcount() == 0 here; the
+    # precheck below reads the same total (nothing changes in between), so it is summed once.
+    mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"], mapcount_offset(page))
+    if mapcount == 0:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_ANON_VMA
     costs[C_ANON_VMA_LOCK] += 1
     # Racy check if we can split the page, before freeze_page() will split PMDs
-    if total_mapcount(page["_mapcount"], page["compound_mapcount"],
-                      mapcount_offset(page)) != page["_count"][0] - 1:
+    if mapcount != page["_count"][0] - 1:
         events[EV_THP_SPLIT_PAGE_FAILED] += 1
         return -EBUSY, SPLIT_FAIL_PRECHECK
     _race(RACE_AFTER_PRECHECK, pin_at, unpin_at, blocks, b, costs)

@@ -5,6 +5,7 @@ The offset is permanent while a PMD maps the THP: every subpage's raw ``_mapcoun
 ``compound_mapcount() > 0``; the freeze changes no counter (migration entries keep their mapping
 and reference), so the recheck compares ``total_mapcount()`` with ``page_count() - 1``.
 """
+import numpy as np
 from numba import njit
 
 from vmstate.kernels.constants import (
@@ -76,47 +77,50 @@ def freeze_pte_counts(page, i, pte, events):
     return
 
 
-@njit(cache=True, inline="always")
-def unfreeze_page_vma(pte, writable, pfn, i, costs):
-    """Mirror of the seed's ``unfreeze_page_vma(vma, page, address)`` for subpage ``i``, given the
-    PTE table the process has at the THP's slot (the caller did ``mm_find_pmd()``)."""
-    costs[C_PTE_LOCK] += 1
-    e = pte[i]
-    if not e & _PAGE_VMS_MIGRATION:  # !is_swap_pte || !is_migration_entry
-        return
-    if (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn:
-        return
-    # pte_mkold(mk_pte(page, vma->vm_page_prot)); maybe_mkwrite() for a write migration entry
-    new = (pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT
-    if e & _PAGE_RW and writable:
-        new |= _PAGE_RW
-    pte[i] = new
-    costs[C_PTE_WRITE] += 1
-
-
 @njit(cache=True)
 def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
     """Mirror of the seed's ``unfreeze_page(anon_vma, page)``: per mapped subpage, per VMA mapping
-    it, one mmu-notifier range and one PTE lock (the review asks why this is not batched). The C
-    loops subpage-major (``for i: anon_vma_interval_tree_foreach(pgoff + i)``); this loops VMA-major
-    so the PMD lookup (``mm_find_pmd``) is done once per VMA: every (subpage, VMA) pair touches its
-    own PTE, so the order changes nothing but speed."""
+    it, one mmu-notifier range and ``unfreeze_page_vma()`` under one PTE lock (the review asks why
+    this is not batched). The C loops subpage-major (``for i: anon_vma_interval_tree_foreach(pgoff
+    + i)``); this loops VMA-major so the PMD lookup (``mm_find_pmd``) is done once per VMA: every
+    (subpage, VMA) pair touches its own PTE, so the order changes nothing but speed.
+
+    ``unfreeze_page_vma(vma, page + i, address)``, per subpage with ``page_mapcount(page + i)``::
+
+        pte_lock += 1
+        if (!is_migration_entry(pte) || migration_entry_to_page(pte) != page + i)
+            return;
+        pte = pte_mkold(mk_pte(page + i, vma->vm_page_prot));   /* soft-dirty not carried */
+        if (is_write_migration_entry(entry)) pte = maybe_mkwrite(pte, vma);
+        set_pte_at(...);                                         /* pte_write += 1 */
+
+    is written below without a branch (counts summed, the PTE selected), so the loop vectorizes."""
     page = blocks[b]
     _mapcount = page["_mapcount"]
     cmc = page["compound_mapcount"]
     offset = mapcount_offset(page)
+    pfn0 = b * HPAGE_PMD_NR
     for v in range(v0, v1):
         row = vma_pmd_row[v]
+        mapped = 0
         if row >= 0 and pmds[row]["pmd"] & _PAGE_PRESENT and not pmds[row]["pmd"] & _PAGE_PSE:
             pte = tables[pmds[row]["pte_table"]]["pte"]  # mm_find_pmd() found a PTE table
+            rw = _PAGE_RW if vma_write[v] else 0
+            written = 0
             for i in range(vma_lo[v], vma_hi[v]):
-                if page_mapcount(_mapcount, i, cmc, offset):
-                    costs[C_MMU_NOTIFIER] += 1
-                    unfreeze_page_vma(pte, vma_write[v], b * HPAGE_PMD_NR + i, i, costs)
+                m = page_mapcount(_mapcount, i, cmc, offset) != 0
+                e = pte[i]
+                hit = m & ((e & _PAGE_VMS_MIGRATION) != 0) & ((e & PTE_PFN_MASK) >> PTE_PFN_SHIFT == pfn0 + i)
+                new = np.uint64(((pfn0 + i) << PTE_PFN_SHIFT) | _PAGE_PRESENT) | (e & np.uint64(rw))
+                pte[i] = new if hit else e
+                mapped += m
+                written += hit
+            costs[C_PTE_LOCK] += mapped
+            costs[C_PTE_WRITE] += written
         else:
             for i in range(vma_lo[v], vma_hi[v]):
-                if page_mapcount(_mapcount, i, cmc, offset):
-                    costs[C_MMU_NOTIFIER] += 1
+                mapped += page_mapcount(_mapcount, i, cmc, offset) != 0
+        costs[C_MMU_NOTIFIER] += mapped
 
 
 @njit(cache=True, inline="always")

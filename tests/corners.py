@@ -136,6 +136,10 @@ PROGRAMS = {
                            [("mmap", "a", B, M2, True), ("hwpoison", 512 + 7), ("hwpoison", 512 + 1),
                             ("madvise_dontneed", "a", B + 7 * P, P), ("split", "a", B, M2, None),
                             ("munmap", "a", B, M2)]),
+    "bug_tail_count": ("BUG_ON(tail _count != 0) in __split_huge_page(): a tail referenced (corrupt "
+                       "state, planted) stops the split, reported with the pfn and the values",
+                       [("mmap", "a", B, 2 * M2, True), ("poke", 512 + 3, "_count", 1),
+                        ("expect_bug", "split", "a", B, 2 * M2, None)]),
     "thp_false_partial": ("mmap thp=false and a THP mmap not 2 MiB aligned",
                           [("mmap", "a", B + 5 * P, M2, False), ("mmap", "b", B + 100 * P, 2 * M2, True),
                            ("fork", "b", "c"), ("split", "c", B, 3 * M2, None)]),
@@ -159,10 +163,40 @@ def _hwpoison(models, pfn):
     ref.pages[pfn].flags |= 1 << PG_hwpoison
 
 
+def _poke(models, pfn, field, value):
+    """Plant a corrupt value in both models (a test of the BUG() paths)."""
+    engine, ref = models
+    engine.blocks.a[field][pfn // 512, pfn % 512] = value
+    setattr(ref.pages[pfn], field, value)
+
+
+def _expect_bug(models, op, args):
+    """The engine reports CorruptState naming the THP; the reference trips its VM_BUG_ON (an
+    assert) or reports CorruptState too."""
+    from vmstate import CorruptState
+    engine, ref = models
+    try:
+        getattr(engine, op)(*args)
+        return f"expected CorruptState from the engine's {op}{args}"
+    except CorruptState as e:
+        got = e
+    try:
+        getattr(ref, op)(*args)
+        return f"expected the reference's {op}{args} to hit its BUG()"
+    except (AssertionError, CorruptState):
+        pass
+    return None if got.pfn is not None else f"CorruptState without a pfn: {got}"
+
+
 def _step(models, op, args):
     if op == "hwpoison":
         _hwpoison(models, *args)
         return None
+    if op == "poke":
+        _poke(models, *args)
+        return None
+    if op == "expect_bug":
+        return _expect_bug(models, args[0], args[1:])
     errors, results = [], []
     for m in models:
         try:
@@ -203,8 +237,9 @@ def run_program(name, variant):
     from reference import ReferenceState
     engine, ref = MemoryState(variant), ReferenceState(variant)
     for op, *args in PROGRAMS[name][1]:
-        bad = _step((engine, ref), op, tuple(args)) or _compare(
-            engine, ref, f"{name} ({variant}) after {op}{tuple(args)}")
+        bad = _step((engine, ref), op, tuple(args))
+        if not bad and op not in ("poke", "expect_bug"):  # corrupt state does not validate
+            bad = _compare(engine, ref, f"{name} ({variant}) after {op}{tuple(args)}")
         if bad:
             return f"{name} ({variant}): {bad}" if not bad.startswith(name) else bad
     return None
