@@ -7,15 +7,15 @@ order, the row of the process's PMD entry there (``rows[r]``, -1: none) and the 
 """
 from numba import njit
 
-from numba import prange
+from numba import get_thread_id, prange
 
 from vmstate.kernels.constants import (
-    ANON_FAULT_FLAGS, HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_ACCESSED, _PAGE_PRESENT,
+    C_PAGES_FREED, ANON_FAULT_FLAGS, HPAGE_PMD_NR, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_ACCESSED, _PAGE_PRESENT,
     _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.kernels.per_variant import per_variant
 from vmstate.kernels.pmd import FAULT_ENTRY, copy_huge_pmd, split_huge_pmd, zap_huge_pmd
-from vmstate.kernels.refcount import get_page, page_dup_rmap_pte, page_remove_rmap_pte, put_page
+from vmstate.kernels.refcount import get_page, page_dup_rmap_pte, page_remove_rmap_pte, put_page_counted
 
 _NOT_RW = 0xFFFFFFFFFFFFFFFF ^ _PAGE_RW
 _NOT_ACCESSED = 0xFFFFFFFFFFFFFFFF ^ _PAGE_ACCESSED
@@ -25,36 +25,49 @@ _NOT_ACCESSED = 0xFFFFFFFFFFFFFFFF ^ _PAGE_ACCESSED
 def zap_pte_range(pte, lo, hi, blocks, costs, events):
     """Mirror of ``zap_pte_range()`` over PTEs ``[lo, hi)`` of one table: clear each present entry and
     ``page_remove_rmap()`` its page; the TLB gather then ``put_page()``s them in the same order."""
+    # The pages of one table are mostly one block's: its record is looked up once per run.
+    page, last = blocks[0], -1
     for i in range(lo, hi):
         e = pte[i]
         if e & _PAGE_PRESENT:
             pfn = (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT
-            page_remove_rmap_pte(blocks[pfn // HPAGE_PMD_NR], pfn % HPAGE_PMD_NR, events)
+            if pfn // HPAGE_PMD_NR != last:
+                last = pfn // HPAGE_PMD_NR
+                page = blocks[last]
+            page_remove_rmap_pte(page, pfn % HPAGE_PMD_NR, events)
+    freed, last = 0, -1
     for i in range(lo, hi):  # tlb_flush_mmu() -> free_pages_and_swap_cache()
         e = pte[i]
         if e & _PAGE_PRESENT:
             pte[i] = 0
             pfn = (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT
-            put_page(blocks, pfn // HPAGE_PMD_NR, pfn % HPAGE_PMD_NR, costs)
+            if pfn // HPAGE_PMD_NR != last:
+                last = pfn // HPAGE_PMD_NR
+                page = blocks[last]
+            freed += put_page_counted(page, pfn % HPAGE_PMD_NR)
+    costs[C_PAGES_FREED] += freed
 
 
-@per_variant()
+@per_variant(parallel=True)
 def zap_pmd_range(rows, lo, hi, pmds, tables, blocks, costs, events):
     """Mirror of ``zap_pmd_range()``: a huge PMD wholly inside the range goes whole
     (``zap_huge_pmd()``); one the range covers in part is split first (``split_huge_pmd()``), then
-    its PTEs in the range are zapped."""
-    for r in range(rows.shape[0]):
+    its PTEs in the range are zapped. The slots of one process map pages of their own blocks, so
+    they run on a prange; ``costs``/``events`` are ``[thread, counter]`` slabs the caller sums."""
+    for r in prange(rows.shape[0]):
         row = rows[r]
         if row < 0:
             continue
+        t = get_thread_id()
         if pmds[row]["pmd"] & _PAGE_PSE:
             if lo[r] == 0 and hi[r] == HPAGE_PMD_NR:
-                zap_huge_pmd(pmds, row, blocks, costs, events)
+                zap_huge_pmd(pmds, row, blocks, costs[t], events[t])
                 continue
-            split_huge_pmd(pmds, tables, row, blocks, costs, events)
+            split_huge_pmd(pmds, tables, row, blocks, costs[t], events[t])
         if not pmds[row]["pmd"] & _PAGE_PRESENT:
             continue
-        zap_pte_range(tables[pmds[row]["pte_table"]]["pte"], lo[r], hi[r], blocks, costs, events)
+        zap_pte_range(tables[pmds[row]["pte_table"]]["pte"], lo[r], hi[r], blocks, costs[t],
+                      events[t])
 
 
 @njit(cache=True)

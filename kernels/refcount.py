@@ -31,20 +31,41 @@ def get_page(blocks, b, i):
 
 @njit(cache=True)
 def get_pages(blocks, pfns, nr):
-    """``get_page()`` ``nr`` times on every pfn (``get_user_pages()`` of a range, ``nr`` pins)."""
-    for k in range(pfns.shape[0]):
-        page = blocks[pfns[k] // HPAGE_PMD_NR]
-        page["_count"][compound_head_index(page, pfns[k] % HPAGE_PMD_NR)] += nr
+    """``get_page()`` ``nr`` times on every pfn (``get_user_pages()`` of a range, ``nr`` pins). A run
+    of pfns in one THP all go to its head: added at once."""
+    k = 0
+    while k < pfns.shape[0]:
+        b = pfns[k] // HPAGE_PMD_NR
+        page = blocks[b]
+        m = _thp_run_end(blocks, pfns, k, b)
+        if m > k + 1:
+            page["_count"][0] += nr * (m - k)
+        else:
+            page["_count"][compound_head_index(page, pfns[k] % HPAGE_PMD_NR)] += nr
+        k = m
 
 
-@njit(cache=True)
-def put_page(blocks, b, i, costs):
-    """Mirror of ``put_page()``: drop one reference; the last one frees the page (a THP whole).
-    Returns 1 when the page was freed."""
-    page = blocks[b]
+@njit(cache=True, inline="always")
+def _thp_run_end(blocks, pfns, k, b):
+    """The end of the run of ``pfns[k:]`` in block ``b`` when it holds a THP (compound: every
+    subpage's reference is its head's), else ``k + 1``."""
+    if not blocks[b]["flags"][0] & _HEAD:
+        return k + 1
+    m = k + 1
+    while m < pfns.shape[0] and pfns[m] // HPAGE_PMD_NR == b:
+        m += 1
+    return m
+
+
+@njit(cache=True, inline="always")
+def put_page_counted(page, i):
+    """Mirror of ``put_page()`` on entry ``i`` of block record ``page``: drop one reference; the last
+    one frees the page (a THP whole). Returns the frames freed (0, 1 or 512) for the caller's
+    ``pages_freed``."""
     h = compound_head_index(page, i)
-    page["_count"][h] -= 1
-    if page["_count"][h] != 0:
+    c = page["_count"][h] - 1
+    page["_count"][h] = c
+    if c != 0:
         return 0
     if page["flags"][h] & _HEAD:
         # free_compound_page(): all 512 frames go back; the THP leaves the deferred split queue
@@ -54,19 +75,32 @@ def put_page(blocks, b, i, costs):
             page["_mapcount"][j] = -1
         page["compound_mapcount"] = -1
         page["deferred"] = 0
-        costs[C_PAGES_FREED] += HPAGE_PMD_NR
-    else:
-        page["flags"][h] &= _KEEP_ON_FREE
-        page["_mapcount"][h] = -1
-        costs[C_PAGES_FREED] += 1
+        return HPAGE_PMD_NR
+    page["flags"][h] &= _KEEP_ON_FREE
+    page["_mapcount"][h] = -1
     return 1
 
 
 @njit(cache=True)
+def put_page(blocks, b, i, costs):
+    """``put_page()`` counting what it frees in ``costs``; returns 1 when the page was freed."""
+    freed = put_page_counted(blocks[b], i)
+    costs[C_PAGES_FREED] += freed
+    return 1 if freed else 0
+
+
+@njit(cache=True)
 def put_pages(blocks, pfns, costs):
-    """``put_page()`` on every pfn in order (a zap's TLB-gather batch, or an unpin)."""
-    for k in range(pfns.shape[0]):
-        put_page(blocks, pfns[k] // HPAGE_PMD_NR, pfns[k] % HPAGE_PMD_NR, costs)
+    """``put_page()`` on every pfn in order (a zap's TLB-gather batch, or an unpin). A run of pfns in
+    one THP drops that many references from its head at once (the head's count cannot reach 0
+    before the run's last reference: each pfn holds one), then ``put_page()`` the last."""
+    k = 0
+    while k < pfns.shape[0]:
+        b = pfns[k] // HPAGE_PMD_NR
+        m = _thp_run_end(blocks, pfns, k, b)
+        blocks[b]["_count"][0] -= m - k - 1
+        put_page(blocks, b, pfns[m - 1] % HPAGE_PMD_NR, costs)
+        k = m
 
 
 @njit(cache=True, inline="always")

@@ -82,7 +82,7 @@ def rmap_arrays(state, thps):
     mapping = a["mapping"][thps]
     index = a["index"][thps].astype(np.int64)
     parts = []
-    for av in np.unique(mapping):
+    for av in np.flatnonzero(np.bincount(mapping)) if len(mapping) else ():  # anon_vma ids, O(n)
         ks = np.flatnonzero(mapping == av)
         idx = index[ks]
         for order, v in enumerate(state.anon_vma_tree(int(av))):
@@ -150,7 +150,8 @@ def split_thps(state, thps, *, race: Race | None = None, mm=None) -> SplitResult
     seconds = {}
     t0 = time.perf_counter()
     ptr, rows, lo, hi, write = rmap_arrays(state, thps)
-    state.withdraw_tables(rows[rows >= 0][(state.pmd[rows[rows >= 0]] & _PAGE_PSE) != 0])  # the freeze splits them
+    known = rows[rows >= 0]
+    state.withdraw_tables(known[(state.pmd[known] & _PAGE_PSE) != 0])  # the freeze splits them
     seconds["rmap"] = time.perf_counter() - t0
     n = len(thps)
     reason = np.zeros(n, np.int64)

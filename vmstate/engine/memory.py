@@ -2,6 +2,7 @@
 PMD entries and run the kernels of :mod:`vmstate.kernels.memory` and :mod:`vmstate.kernels.pmd`."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from vmstate.engine.mm_types import Mm
@@ -57,8 +58,12 @@ def zap_page_range(state, mm: Mm, start: int, end: int):
     known = rows >= 0
     partial = known & ((lo != 0) | (hi != N))
     state.withdraw_tables(rows[partial][(state.pmd[rows[partial]] & _PAGE_PSE) != 0])  # split first
-    state.k.zap_pmd_range(rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a,
-                          state.cost_counters, state.events)
+    threads = numba.get_num_threads()
+    costs = np.zeros((threads, len(state.cost_counters)), np.int64)
+    events = np.zeros((threads, len(state.events)), np.int64)
+    state.k.zap_pmd_range(rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a, costs, events)
+    state.cost_counters += costs.sum(axis=0)
+    state.events += events.sum(axis=0)
 
 
 def copy_page_range(state, dst: Mm, src: Mm, vma):

@@ -213,10 +213,10 @@ class MemoryState:
         """The tables deposited under the huge PMD entries ``rows``, allocated (zeroed) for the rows
         that have none yet: ``pgtable_trans_huge_withdraw()`` before a kernel may split them."""
         rows = np.asarray(rows, np.int64)
-        rows = np.unique(rows[(rows >= 0)])
-        rows = rows[self.pte_table[rows] < 0] if len(rows) else rows
+        rows = rows[self.pte_table[rows] < 0]  # a row listed twice gets two: the last is kept
         if len(rows):
-            t0 = self.tables.append(len(rows))
+            # not zeroed: __split_huge_pmd_locked() writes all 512 entries before anything reads them
+            t0 = self.tables.append(len(rows), zero=False)
             self.pte_table[rows] = t0 + np.arange(len(rows))
 
     # ---- processes, VMAs and pins ---------------------------------------------------------------
