@@ -81,15 +81,14 @@ def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
     write = entry & _PAGE_RW
     young = entry & _PAGE_ACCESSED
     pte = tables[pmds[row]["pte_table"]]["pte"]
+    if freeze:
+        bits = _PAGE_VMS_MIGRATION | write  # make_migration_entry(page + i, write)
+    else:
+        # mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young; soft-dirty is
+        # not carried. The dirty bit is the variant's.
+        bits = _PAGE_PRESENT | SPLIT_PMD_PTE_DIRTY | write | young
     for i in range(HPAGE_PMD_NR):
-        e = (pfn + i) << PTE_PFN_SHIFT
-        if freeze:
-            e |= _PAGE_VMS_MIGRATION | write  # make_migration_entry(page + i, write)
-        else:
-            # mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young; soft-dirty
-            # is not carried. The dirty bit is the variant's.
-            e |= _PAGE_PRESENT | SPLIT_PMD_PTE_DIRTY | write | young
-        pte[i] = e
+        pte[i] = ((pfn + i) << PTE_PFN_SHIFT) | bits
     page = blocks[b]
     if SPLIT_PMD_SETS_PAGE_DIRTY and entry & _PAGE_DIRTY:
         page["flags"][0] |= 1 << PG_dirty  # SetPageDirty(page + i): PG_dirty is per THP, the head's

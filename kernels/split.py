@@ -56,7 +56,9 @@ def _split_huge_page(b, blocks, costs, bug):
     head_flags = flags[0]
     offset = mapcount_offset(page)
     tail_mapcount = 0
-    for i in range(HPAGE_PMD_NR - 1, 0, -1):
+    # The C goes from the last tail down; every tail is its own, so ascending order (which
+    # vectorizes) gives the same state.
+    for i in range(1, HPAGE_PMD_NR):
         tail_mapcount += _split_huge_page_tail(flags, _count, _mapcount, cmc, offset, head_flags, i)
     _count[0] -= tail_mapcount
     flags[0] &= _NOT_HEAD             # ClearPageCompound(head)
