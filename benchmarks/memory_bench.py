@@ -6,8 +6,8 @@ Usage::
     python benchmarks/memory_bench.py --thps 200000 [--big 2000000] [--json]
 
 Each shape runs in its own subprocess: RSS after importing and warming the kernels, then the
-population, then VmHWM (peak RSS) — ``bytes_per_thp`` = (peak - baseline) / thps. ``fits_16GiB``
-= 16 GiB / bytes_per_thp. ``--big N`` also builds N PMD-mapped THPs and prints that run's peak RSS.
+population, then VmHWM (peak RSS) — ``bytes_per_thp`` = (peak - baseline) / thps. ``state_bytes_per_thp`` is the RSS the built state keeps (the generation's temporaries freed);
+``fits_16GiB`` = 16 GiB / bytes_per_thp (the peak). ``--big N`` also builds N PMD-mapped THPs and prints that run's peak RSS.
 The estimate vmstate refuses with (``vmstate.engine.memory_estimate``) is printed beside it.
 """
 import argparse
@@ -46,12 +46,13 @@ def run_one(shape, thps):
     reset_peak_rss()
     table = {**SHAPES[shape], "thps": thps, "addr": 0x100000000000}
     state = from_population(table, seed=1)
-    peak = peak_rss_bytes()
+    peak, after = peak_rss_bytes(), _rss()
     est = population_estimate(parse_population(table))
     per = (peak - base) / thps
     del state
     return {"shape": shape, "thps": thps, **machine(), "peak_rss_bytes": peak,
-            "bytes_per_thp": round(per), "fits_16GiB": int(GiB16 // per),
+            "bytes_per_thp": round(per), "state_bytes_per_thp": round((after - base) / thps),
+            "fits_16GiB": int(GiB16 // per),
             "estimate_bytes_per_thp": round(est.total / thps)}
 
 
@@ -73,7 +74,8 @@ def main():
         if args.json:
             print(json.dumps(line))
         else:
-            print(f"{shape:11s} {n:>8d} THPs: {line['bytes_per_thp']:6d} B/THP measured "
+            print(f"{shape:11s} {n:>8d} THPs: {line['bytes_per_thp']:6d} B/THP at the peak, "
+                  f"{line['state_bytes_per_thp']:6d} once built "
                   f"(estimate {line['estimate_bytes_per_thp']}), peak RSS "
                   f"{line['peak_rss_bytes'] / 2**30:.2f} GiB, {line['fits_16GiB']:,} fit in 16 GiB")
 
