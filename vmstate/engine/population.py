@@ -31,6 +31,7 @@ offsets and the pinned subpages come from ``numpy.random.default_rng(seed)``.
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,7 +194,19 @@ def from_population(table: dict, seed: int = 0, variant: str = "v5"):
     pop = parse_population(table)
     check_fits(population_bytes(pop), field="thps", what=f"a population of {pop.thps} THPs and "
                f"its split")
-    return build_population(MemoryState(variant), pop, seed)
+    state = build_population(MemoryState(variant), pop, seed)
+    _malloc_trim()
+    return state
+
+
+def _malloc_trim():
+    """Hand the generation's freed temporaries back to the system: glibc keeps freed arrays under
+    its 32 MiB mmap threshold in the heap (measured: 124 bytes a THP of RSS at 200k THPs, which
+    ``malloc_trim(0)`` returns, leaving the state's own 6216). Elsewhere a no-op."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def build_population(state, pop: Population, seed: int):
