@@ -110,6 +110,17 @@ def split_huge_pmd(pmds, tables, row, blocks, costs, events):
 
 
 @njit(cache=True, parallel=True)
+def zap_mapcounts(blocks, bs, offsets, k):
+    """The PTE mappings a generated partial zap removed (``vmstate.engine.population``): subpages
+    ``[offsets[r], offsets[r] + k)`` of block ``bs[r]`` lose one (``page_remove_rmap()``; the
+    caller sets the deferred queue). No index arrays, so no temporaries per zapped subpage."""
+    for r in prange(bs.shape[0]):
+        mc = blocks[bs[r]]["_mapcount"]
+        for i in range(offsets[r], offsets[r] + k):
+            mc[i] -= 1
+
+
+@njit(cache=True, parallel=True)
 def populate_pte_tables(tables, t0, heads, bits, zap_lo, zap_hi):
     """The PTE tables of generated split PMD mappings (``vmstate.engine.population``): table
     ``t0 + r`` gets the 512 entries ``__split_huge_pmd_locked()`` writes for the THP at pfn

@@ -20,8 +20,8 @@ Per part (the records of :mod:`vmstate.engine.dtypes`; Python objects as measure
   (:func:`vmstate.engine.huge_memory.rmap_arrays`: per (THP, VMA) entry the VMA order, PMD row,
   subpage range and VM_WRITE, concatenated, sorted and copied at once) while they are built,
   whichever is larger;
-- generating a population: the draw and per-THP arrays, or the index of every zapped subpage of
-  the partially unmapped THPs, gone before the split (the larger of it and the split counts).
+- generating a population: the draw and per-THP arrays, gone before the split (the larger of it
+  and the split counts).
 
 A state built op by op grows its arrays by doubling (:class:`~vmstate.engine.mm_types.Grow`): while
 one grows, the old and the new copy are both resident, so ``grown`` counts the records twice. A
@@ -50,11 +50,10 @@ RMAP_THP_BYTES, RMAP_ENTRY_BYTES = 94, 130.5
 KERNEL_THP_BYTES = 8 * (2 + 2 + 4 + len(COSTS) + len(VM_EVENTS) + 2)
 KERNEL_ENTRY_BYTES = 8 * 4
 # Generating a population (population.build_population): the seed's draw and the per-THP arrays
-# (152 bytes a THP, tracemalloc) and, while the partially unmapped THPs are zapped, the int64
-# column index of every zapped subpage (peak RSS grew by 8.3-9.4 bytes a zapped subpage with 128
-# and 384 of them per THP; the gathered int32 values fit in memory freed before).
+# (152 bytes a THP, tracemalloc). The partially unmapped THPs' zap runs in a kernel
+# (kernels.pmd.zap_mapcounts) with no index arrays: nothing per zapped subpage.
 GENERATE_THP_BYTES = 152
-ZAP_SUBPAGE_BYTES = 8
+ZAP_SUBPAGE_BYTES = 0
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from vmstate.kernels.constants import (
     VM_ANON_DEFAULT,
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
-from vmstate.kernels.pmd import populate_pte_tables
+from vmstate.kernels.pmd import populate_pte_tables, zap_mapcounts
 from vmstate.engine.mm_types import Mm, Pin, Vma
 from vmstate.engine.memory_estimate import MemoryEstimate, check_fits, estimate
 from vmstate.engine.state import MemoryState
@@ -232,8 +232,7 @@ def build_population(state, pop: Population, seed: int):
     blocks = state.blocks.a[b0:]
     blocks["_mapcount"][:] = (T - 1 + offset)[:, None]
     zap_rows = np.flatnonzero(d.partial)
-    zap_cols = d.offset[zap_rows, None] + np.arange(k)[None, :]
-    blocks["_mapcount"][zap_rows[:, None], zap_cols] -= 1
+    zap_mapcounts(state.blocks.a, b0 + zap_rows, d.offset[zap_rows].astype(np.int64), k)
     blocks["compound_mapcount"] = P - 1
     blocks["_count"][:, 1:] = 0
     blocks["_count"][:, 0] = P + N * T - k * d.partial + pop.pins * d.pinned
