@@ -13,10 +13,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 
 from vmstate import cli
-from vmstate.batch.sweep import TIMING_COLUMNS, run_sweep
+from vmstate.batch.sweep import run_sweep
 
 distributed = pytest.importorskip("distributed")
 
@@ -27,20 +26,7 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def dataset(out: Path):
-    runs = pl.read_parquet(out / "runs.parquet").drop(TIMING_COLUMNS)
-    parts = {p.relative_to(out).as_posix(): pl.read_parquet(p)
-             for p in sorted((out / "thps").rglob("*.parquet"))}
-    return runs, parts
-
-
-def assert_same_dataset(a: Path, b: Path):
-    runs_a, parts_a = dataset(a)
-    runs_b, parts_b = dataset(b)
-    assert_frame_equal(runs_a, runs_b)
-    assert parts_a.keys() == parts_b.keys()
-    for k in parts_a:
-        assert_frame_equal(parts_a[k], parts_b[k])
+from test_sweep import assert_same_dataset  # noqa: E402 (one dataset comparison for both files)
 
 
 def n_done(out: Path) -> int:
