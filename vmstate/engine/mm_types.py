@@ -63,11 +63,6 @@ class Mm:
             return int(self.rows[i])
         return None
 
-    def pmd_rows_in(self, start: int, end: int):
-        """``(haddrs, rows)`` of the slots in ``[start, end)``."""
-        i0, i1 = np.searchsorted(self.haddrs, [start, end])
-        return self.haddrs[i0:i1], self.rows[i0:i1]
-
 
 class Grow:
     """A structured array with amortised appends; ``a`` is the live prefix.
