@@ -22,15 +22,6 @@ def slots(start, end):
     return haddr, lo, hi
 
 
-def _pmd_rows(state, mm: Mm, haddrs):
-    """The PMD rows of ``mm`` at ``haddrs``, new ones where it has none (``pmd_alloc()``)."""
-    rows = mm.lookup_pmds(haddrs)
-    new = rows < 0
-    if new.any():
-        rows[new] = state.new_pmd_rows(mm, haddrs[new])
-    return rows
-
-
 def do_anonymous_fault(state, mm: Mm, start: int, end: int, anon_vma: int, thp: bool):
     """A write fault on every page of the new VMA ``[start, end)``, all slots at once: blocks handed
     out in address order, ``do_huge_pmd_anonymous_page()`` for every aligned 2 MiB of a THP VMA
@@ -39,12 +30,12 @@ def do_anonymous_fault(state, mm: Mm, start: int, end: int, anon_vma: int, thp: 
     huge = (lo == 0) & (hi == N) if thp else np.zeros(len(haddr), bool)
     b = state.alloc_blocks(anon_vma, haddr >> PAGE_SHIFT, np.where(huge, 0, lo), np.where(huge, N, hi))
     if huge.any():
-        rows = _pmd_rows(state, mm, haddr[huge])
+        rows = state.pmd_rows(mm, haddr[huge])
         state.k.do_huge_pmd_anonymous_pages(state.blocks.a, b[huge], state.pmds.a, rows)
         state.events[EV_THP_FAULT_ALLOC] += int(huge.sum())
     small = ~huge
     if small.any():
-        rows = _pmd_rows(state, mm, haddr[small])
+        rows = state.pmd_rows(mm, haddr[small])
         state.table_rows(rows)
         k_memory.do_anonymous_pages(state.blocks.a, b[small], lo[small], hi[small], state.pmds.a,
                                     rows, state.tables.a)
@@ -80,7 +71,7 @@ def copy_page_range(state, dst: Mm, src: Mm, vma):
     if not copy.any():
         return
     haddr, lo, hi, rows = haddr[copy], lo[copy], hi[copy], rows[copy]
-    dst_rows = _pmd_rows(state, dst, haddr)  # two VMAs of the parent may share a slot
+    dst_rows = state.pmd_rows(dst, haddr)  # two VMAs of the parent may share a slot
     table = (entry[copy] & np.uint64(_PAGE_PSE)) == 0
     state.table_rows(dst_rows[table])
     k_memory.copy_pmd_range(rows, dst_rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a)

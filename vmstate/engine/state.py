@@ -142,14 +142,7 @@ class MemoryState:
     # ---- frames ---------------------------------------------------------------------------
     def alloc_block(self, mapping, index, start=0, end=N):
         """Hand out the next block of 512 frames; frames ``[start, end)`` become allocated."""
-        b = self.blocks.append()
-        rec = self.blocks.a[b]
-        rec["_mapcount"][:] = -1
-        rec["compound_mapcount"] = -1
-        rec["mapping"] = mapping
-        rec["index"] = index
-        rec["alloc_start"], rec["alloc_end"] = start, end
-        return b
+        return int(self.alloc_blocks(mapping, [index], start, end)[0])
 
     def alloc_blocks(self, mapping, index, start, end):
         """The next ``len(index)`` blocks at once (``alloc_block`` for each, in order)."""
@@ -165,10 +158,17 @@ class MemoryState:
 
     # ---- page tables ----------------------------------------------------------------------
     def pmd_row(self, mm: Mm, haddr: int, create=False):
-        row = mm.pmd_row(haddr)
-        if row is None and create:
-            row = self.new_pmd_rows(mm, np.array([haddr], np.int64))[0]
-        return row
+        if create:
+            return int(self.pmd_rows(mm, np.array([haddr], np.int64))[0])
+        return mm.pmd_row(haddr)
+
+    def pmd_rows(self, mm: Mm, haddrs):
+        """The PMD rows of ``mm`` at ``haddrs``, new ones where it has none (``pmd_alloc()``)."""
+        rows = mm.lookup_pmds(haddrs)
+        new = rows < 0
+        if new.any():
+            rows[new] = self.new_pmd_rows(mm, haddrs[new])
+        return rows
 
     def new_pmd_rows(self, mm: Mm, haddrs, entries=0, tables=-1):
         """PMD entries of ``mm`` at the slots ``haddrs`` (none has one yet): their rows."""
@@ -181,13 +181,8 @@ class MemoryState:
 
     def table_of(self, row):
         """The PTE table under PMD entry ``row``, allocated (``pte_alloc``/deposit) when missing."""
-        t = int(self.pte_table[row])
-        if t < 0:
-            t = self.tables.append()
-            self.pte_table[row] = t
-        if not self.pmd[row] & _PAGE_PRESENT:
-            self.pmd[row] = _PAGE_PRESENT
-        return t
+        self.table_rows([row])
+        return int(self.pte_table[row])
 
     def table_rows(self, rows):
         """``table_of()`` for many non-huge PMD entries at once: a (zeroed) PTE table where a row has
