@@ -105,7 +105,7 @@ def _execute_dask(tasks, scheduler, bar, threads):
                     result = e
                 yield futures[fut], result
         except Exception as e:
-            if _lost(client, e):
+            if _lost(client, e, address):
                 raise SchedulerLost(address, getattr(e, "reason", type(e).__name__)) from None
             raise
         finally:
@@ -128,9 +128,14 @@ class SchedulerLost(VmstateError):
         self.reason = reason
 
 
-def _lost(client, e: BaseException) -> bool:
-    """Whether ``e`` means the scheduler is gone, not a task's own failure."""
+def _lost(client, e: BaseException, address: str) -> bool:
+    """Whether ``e`` means the scheduler is gone, not a task's own failure: the client cancelled
+    everything, or a call to the scheduler's address failed on a closed comm (which can come
+    before the client's status says so: ``ConnectionPool.gather`` of a result, seen in CI)."""
     if getattr(e, "reason", None) == "scheduler-connection-lost":
+        return True
+    from distributed.comm.core import CommClosedError
+    if isinstance(e, CommClosedError) and address.split("://")[-1] in str(e):
         return True
     return client.status != "running" and isinstance(e, (OSError, asyncio.CancelledError,
                                                          TimeoutError))
