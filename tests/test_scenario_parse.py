@@ -121,12 +121,12 @@ def test_population_must_be_a_table(tmp_path):
 
 @pytest.mark.parametrize("body, message, field", [
     ('mm = "a"', "field 'op': missing (expected one of mmap, fork, exit, munmap, madvise_dontneed, "
-     "mprotect, pin, unpin, split_pmd, split, snapshot)", "op"),
+     "mprotect, pin, unpin, split_pmd, split, snapshot, madvise_cold, madvise_pageout, shrink)", "op"),
     ('op = "mmapp"', "field 'op': unknown op 'mmapp' (expected one of mmap, fork, exit, munmap, "
-     "madvise_dontneed, mprotect, pin, unpin, split_pmd, split, snapshot; did you mean 'mmap'?)", "op"),
+     "madvise_dontneed, mprotect, pin, unpin, split_pmd, split, snapshot, madvise_cold, madvise_pageout, shrink; did you mean 'mmap'?)", "op"),
     ('op = "madvise"', "field 'op': unknown op 'madvise' (expected one of mmap, fork, exit, munmap, "
-     "madvise_dontneed, mprotect, pin, unpin, split_pmd, split, snapshot; did you mean "
-     "'madvise_dontneed'?)", "op"),
+     "madvise_dontneed, mprotect, pin, unpin, split_pmd, split, snapshot, madvise_cold, madvise_pageout, "
+     "shrink; did you mean 'madvise_cold'?)", "op"),
     ('op = 1', "field 'op': expected a string, got 1", "op"),
     ('op = "munmap"\nmm = "a"\naddr = 0x200000\nlength = 4096',
      "field 'length': unknown field for op 'munmap' (expected mm, addr, len)", "length"),
@@ -386,7 +386,8 @@ def test_good_scenario(tmp_path):
     assert [(o.index, o.line, o.op) for o in sc.ops] == [
         (1, 6, "mmap"), (2, 12, "fork"), (3, 17, "mprotect"), (4, 24, "mmap"), (5, 31, "split"),
         (6, 37, "snapshot")]
-    assert sc.ops[0].fields == {"mm": "parent", "addr": 0x7f0000000000, "len": 64 << 20, "thp": True}
+    assert sc.ops[0].fields == {"mm": "parent", "addr": 0x7f0000000000, "len": 64 << 20, "thp": True,
+                                 "fill": "data"}
     assert sc.ops[2].fields == {"mm": "child", "addr": 0x7f0000000000, "len": 2 << 20, "prot": "r"}
     assert sc.ops[3].fields == {"mm": "other", "addr": 0x200000, "len": 4 << 20, "thp": False}
     assert sc.ops[4].fields["len"] == 64 << 20

@@ -27,7 +27,7 @@ NAME_MAX = 255  # a snapshot label becomes a directory name
 
 # op -> (required fields, optional fields with their defaults), in the order messages list them.
 OPS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
-    "mmap": (("mm", "addr", "len"), {"thp": True}),
+    "mmap": (("mm", "addr", "len"), {"thp": True, "fill": "data"}),
     "fork": (("mm", "child"), {}),
     "exit": (("mm",), {}),
     "munmap": (("mm", "addr", "len"), {}),
@@ -38,7 +38,11 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
     "split_pmd": (("mm", "addr"), {}),
     "split": (("mm", "addr", "len"), {"race": None}),
     "snapshot": (("label",), {}),
+    "madvise_cold": (("mm", "addr", "len"), {}),
+    "madvise_pageout": (("mm", "addr", "len"), {}),
+    "shrink": ((), {}),
 }
+FILLS = ("data", "zero")
 SCENARIO_KEYS = {"name": True, "seed": False, "variant": False}  # key -> required
 TOP_LEVEL = ("scenario", "op", "population")
 PROTS = ("r", "rw")
@@ -317,6 +321,12 @@ def _check_prot(ctx: _Ctx, key: str, value):
     return value
 
 
+def _check_fill(ctx: _Ctx, key: str, value):
+    if not isinstance(value, str) or value not in FILLS:
+        ctx.expected(key, 'one of "data" (non-zero bytes written), "zero" (zeros written)', value)
+    return value
+
+
 def _check_label(ctx: _Ctx, key: str, value):
     if (not isinstance(value, str) or not _LABEL.fullmatch(value) or value in (".", "..")
             or len(value) > NAME_MAX):
@@ -346,7 +356,7 @@ def _check_race(ctx: _Ctx, key: str, value):
 
 
 _CHECKS = {"mm": _check_process, "child": _check_process, "addr": _check_addr, "len": _check_len,
-           "thp": _check_thp, "prot": _check_prot, "label": _check_label, "race": _check_race}
+           "thp": _check_thp, "fill": _check_fill, "prot": _check_prot, "label": _check_label, "race": _check_race}
 
 
 class _Program:
@@ -362,6 +372,8 @@ class _Program:
         self.labels: dict[str, int] = {}  # label -> index of its snapshot op
 
     def apply(self, ctx: _Ctx, index: int, op: str, f: dict):
+        if op == "shrink":
+            return
         if op == "snapshot":
             if f["label"] in self.labels:
                 ctx.fail(f"expected a label not used before, got {f['label']!r} (op "
