@@ -389,7 +389,7 @@ def test_good_scenario(tmp_path):
     assert sc.ops[0].fields == {"mm": "parent", "addr": 0x7f0000000000, "len": 64 << 20, "thp": True,
                                  "fill": "data"}
     assert sc.ops[2].fields == {"mm": "child", "addr": 0x7f0000000000, "len": 2 << 20, "prot": "r"}
-    assert sc.ops[3].fields == {"mm": "other", "addr": 0x200000, "len": 4 << 20, "thp": False}
+    assert sc.ops[3].fields == {"mm": "other", "addr": 0x200000, "len": 4 << 20, "thp": False, "fill": "data"}
     assert sc.ops[4].fields["len"] == 64 << 20
     assert sc.ops[5].fields == {"label": "after-split.v1"}
 
