@@ -71,14 +71,18 @@ _PAGE_BIT_RW = 1
 _PAGE_BIT_ACCESSED = 5
 _PAGE_BIT_DIRTY = 6
 _PAGE_BIT_PSE = 7
+_PAGE_BIT_SPECIAL = 9         # _PAGE_BIT_SOFTW1: pte_special() (the zero page's PTE)
 _PAGE_BIT_SOFT_DIRTY = 11
+_PAGE_BIT_VMS_EXCLUSIVE = 61  # vmstate: a readable-exclusive migration entry (6.18)
 _PAGE_BIT_VMS_MIGRATION = 62  # vmstate's encoding of a migration swap entry (pfn kept in place)
 _PAGE_PRESENT = 1 << _PAGE_BIT_PRESENT
 _PAGE_RW = 1 << _PAGE_BIT_RW
 _PAGE_ACCESSED = 1 << _PAGE_BIT_ACCESSED
 _PAGE_DIRTY = 1 << _PAGE_BIT_DIRTY
 _PAGE_PSE = 1 << _PAGE_BIT_PSE
+_PAGE_SPECIAL = 1 << _PAGE_BIT_SPECIAL
 _PAGE_SOFT_DIRTY = 1 << _PAGE_BIT_SOFT_DIRTY
+_PAGE_VMS_EXCLUSIVE = 1 << _PAGE_BIT_VMS_EXCLUSIVE
 _PAGE_VMS_MIGRATION = 1 << _PAGE_BIT_VMS_MIGRATION
 PTE_PFN_SHIFT = 12
 PTE_PFN_MASK = ((1 << 52) - 1) & ~((1 << 12) - 1)
@@ -95,10 +99,23 @@ VM_HUGEPAGE = 0x20000000
 VM_ANON_DEFAULT = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | VM_ACCOUNT
 
 EBUSY = 16
+EAGAIN = 11
 
-# Refcounting variants: the v5 patch series this project follows (the default), and mainline 4.5.
-# Each is a module of kernels (vmstate.kernels.v5, .v4_5) built in vmstate.kernels.variants.
-VARIANTS = ("v5", "v4.5")
+# Refcounting variants: the v5 patch series this project follows (the default), mainline 4.5 and
+# mainline 6.18 as configured on this machine (docs/variant-6.18.md). Each is a module of kernels
+# (vmstate.kernels.v5, .v4_5, .v6_18) built in vmstate.kernels.variants.
+VARIANTS = ("v5", "v4.5")  # "6.18" joins with kernels/v6_18.py
+
+# ---- 6.18 (docs/variant-6.18.md) ----
+# include/linux/mm_types.h (v6.18): _nr_pages_mapped counts a PMD mapping as ENTIRELY_MAPPED.
+ENTIRELY_MAPPED = 0x800000
+FOLIO_PAGES_MAPPED = ENTIRELY_MAPPED - 1
+MM_ID_DUMMY = 0        # include/linux/mm_types.h: a free MM slot of the folio's MM-owner tracking
+KHUGEPAGED_MAX_PTES_NONE = 511  # /sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_none here
+# include/linux/page-flags.h (v6.18): PG_anon_exclusive = PG_mappedtodisk (anonymous pages only).
+PG_anon_exclusive = 17
+# The shared zero page: pfn 0 in the model (block 0 is never handed out).
+ZERO_PFN = 0
 
 # Why a split failed (per THP result array).
 SPLIT_OK = 0
@@ -118,16 +135,27 @@ RACE_POINTS = {"after_precheck": RACE_AFTER_PRECHECK, "after_freeze": RACE_AFTER
 
 FIRST_BLOCK = 1  # block 0 (pfns 0..511) is never handed out
 
-# /proc/vmstat names; the kernels fill the vector in this order (EV_* below).
+# /proc/vmstat names; the kernels fill the vector in this order (EV_* below), followed by the
+# hugepages-2048kB/stats names (MTHP_STATS, EV_MTHP_*; 6.18 only). A variant's summary lists its own.
 VM_EVENTS = ("thp_split_pmd", "thp_split_page", "thp_split_page_failed", "thp_fault_alloc",
-             "thp_deferred_split_page")
+             "thp_deferred_split_page", "thp_fault_fallback", "thp_underused_split_page",
+             "thp_swpout_fallback")
+MTHP_STATS = ("anon_fault_alloc", "anon_fault_fallback", "split", "split_failed", "split_deferred",
+              "swpout_fallback", "nr_anon", "nr_anon_partially_mapped")
+N_EVENTS = len(VM_EVENTS) + len(MTHP_STATS)
+VARIANT_VM_EVENTS = {"v5": VM_EVENTS[:5], "v4.5": VM_EVENTS[:5], "6.18": VM_EVENTS}
+VARIANT_MTHP_STATS = {"v5": (), "v4.5": (), "6.18": MTHP_STATS}  # mthp_stats in the summary
 COSTS = ("anon_vma_lock", "pmd_lock", "pte_lock", "lru_lock", "tlb_flush", "mmu_notifier",
          "pte_write", "pages_freed")
 # Indices into the cost vector the kernels fill (per-thread slabs, reduced serially).
 C_ANON_VMA_LOCK, C_PMD_LOCK, C_PTE_LOCK, C_LRU_LOCK, C_TLB_FLUSH, C_MMU_NOTIFIER, C_PTE_WRITE, \
     C_PAGES_FREED = range(len(COSTS))
 EV_THP_SPLIT_PMD, EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED, EV_THP_FAULT_ALLOC, \
-    EV_THP_DEFERRED_SPLIT_PAGE = range(len(VM_EVENTS))
+    EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_FALLBACK, EV_THP_UNDERUSED_SPLIT_PAGE, \
+    EV_THP_SWPOUT_FALLBACK = range(len(VM_EVENTS))
+EV_MTHP_ANON_FAULT_ALLOC, EV_MTHP_ANON_FAULT_FALLBACK, EV_MTHP_SPLIT, EV_MTHP_SPLIT_FAILED, \
+    EV_MTHP_SPLIT_DEFERRED, EV_MTHP_SWPOUT_FALLBACK, EV_MTHP_NR_ANON, \
+    EV_MTHP_NR_ANON_PARTIALLY_MAPPED = range(len(VM_EVENTS), N_EVENTS)
 # What a BUG report (kernels' ``bug`` vector: head pfn, kind, value, value) means.
 BUG_NONE = 0
 BUG_RECHECK_MAPCOUNT = 1   # total_mapcount > page_count - 1 after freeze_page(): values mapcount, count

@@ -119,7 +119,49 @@ TABLE = [
     # include/linux/vm_event_item.h: THP_SPLIT_PMD, THP_SPLIT_PAGE, THP_SPLIT_PAGE_FAILED,
     # THP_FAULT_ALLOC, THP_DEFERRED_SPLIT_PAGE, in vmstate's order
     ("VM_EVENTS", ("thp_split_pmd", "thp_split_page", "thp_split_page_failed", "thp_fault_alloc",
-                   "thp_deferred_split_page"), VM_EVENT_ITEM),
+                   "thp_deferred_split_page", "thp_fault_fallback", "thp_underused_split_page",
+                   "thp_swpout_fallback"), VM_EVENT_ITEM + " (the last three: v6.18's too)"),
+    ("EV_THP_FAULT_FALLBACK", 5, f"{VMSTATE}: index into VM_EVENTS"),
+    ("EV_THP_UNDERUSED_SPLIT_PAGE", 6, f"{VMSTATE}: index into VM_EVENTS"),
+    ("EV_THP_SWPOUT_FALLBACK", 7, f"{VMSTATE}: index into VM_EVENTS"),
+    # v6.18 mm/huge_memory.c: the hugepages-*kB/stats file names (mthp_stats_attrs)
+    ("MTHP_STATS", ("anon_fault_alloc", "anon_fault_fallback", "split", "split_failed",
+                    "split_deferred", "swpout_fallback", "nr_anon", "nr_anon_partially_mapped"),
+     "v6.18 mm/huge_memory.c: DEFINE_MTHP_STAT_ATTR names (those vmstate counts)"),
+    ("N_EVENTS", 16, f"{VMSTATE}: VM_EVENTS then MTHP_STATS in one vector"),
+    ("EV_MTHP_ANON_FAULT_ALLOC", 8, f"{VMSTATE}: index into the event vector"),
+    ("EV_MTHP_ANON_FAULT_FALLBACK", 9, f"{VMSTATE}: index into the event vector"),
+    ("EV_MTHP_SPLIT", 10, f"{VMSTATE}: index into the event vector"),
+    ("EV_MTHP_SPLIT_FAILED", 11, f"{VMSTATE}: index into the event vector"),
+    ("EV_MTHP_SPLIT_DEFERRED", 12, f"{VMSTATE}: index into the event vector"),
+    ("EV_MTHP_SWPOUT_FALLBACK", 13, f"{VMSTATE}: index into the event vector"),
+    ("EV_MTHP_NR_ANON", 14, f"{VMSTATE}: index into the event vector"),
+    ("EV_MTHP_NR_ANON_PARTIALLY_MAPPED", 15, f"{VMSTATE}: index into the event vector"),
+    ("VARIANT_VM_EVENTS", {"v5": ("thp_split_pmd", "thp_split_page", "thp_split_page_failed",
+                                  "thp_fault_alloc", "thp_deferred_split_page"),
+                           "v4.5": ("thp_split_pmd", "thp_split_page", "thp_split_page_failed",
+                                    "thp_fault_alloc", "thp_deferred_split_page"),
+                           "6.18": ("thp_split_pmd", "thp_split_page", "thp_split_page_failed",
+                                    "thp_fault_alloc", "thp_deferred_split_page",
+                                    "thp_fault_fallback", "thp_underused_split_page",
+                                    "thp_swpout_fallback")},
+     f"{VMSTATE}: the counters a variant's summary lists"),
+    ("VARIANT_MTHP_STATS", {"v5": (), "v4.5": (), "6.18": ("anon_fault_alloc", "anon_fault_fallback",
+                                                           "split", "split_failed", "split_deferred",
+                                                           "swpout_fallback", "nr_anon",
+                                                           "nr_anon_partially_mapped")},
+     f"{VMSTATE}: the mthp_stats a variant's summary lists"),
+    ("EAGAIN", 11, f"{V4_0} include/uapi/asm-generic/errno-base.h: #define EAGAIN 11"),
+    ("ENTIRELY_MAPPED", 0x800000, "v6.18 mm/internal.h: #define ENTIRELY_MAPPED 0x800000"),
+    ("FOLIO_PAGES_MAPPED", 0x7FFFFF, "v6.18 mm/internal.h: #define FOLIO_PAGES_MAPPED (ENTIRELY_MAPPED - 1)"),
+    ("MM_ID_DUMMY", 0, "v6.18 include/linux/mm_types.h: #define MM_ID_DUMMY 0"),
+    ("KHUGEPAGED_MAX_PTES_NONE", 511, "this machine: /sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_none"),
+    ("PG_anon_exclusive", 17, "v6.18 include/linux/page-flags.h: PG_anon_exclusive = PG_mappedtodisk"),
+    ("ZERO_PFN", 0, f"{VMSTATE}: the shared zero page's pfn in the model (block 0 is never handed out)"),
+    ("_PAGE_BIT_SPECIAL", 9, "arch/x86/include/asm/pgtable_types.h: _PAGE_BIT_SPECIAL = _PAGE_BIT_SOFTW1"),
+    ("_PAGE_SPECIAL", 0x200, "arch/x86/include/asm/pgtable_types.h"),
+    ("_PAGE_BIT_VMS_EXCLUSIVE", 61, f"{VMSTATE}: readable-exclusive migration entry"),
+    ("_PAGE_VMS_EXCLUSIVE", 1 << 61, f"{VMSTATE}: readable-exclusive migration entry"),
     ("EV_THP_SPLIT_PMD", 0, f"{VMSTATE}: index into VM_EVENTS"),
     ("EV_THP_SPLIT_PAGE", 1, f"{VMSTATE}: index into VM_EVENTS"),
     ("EV_THP_SPLIT_PAGE_FAILED", 2, f"{VMSTATE}: index into VM_EVENTS"),
@@ -170,7 +212,7 @@ def test_every_constant_has_a_row():
 
 def test_pg_bits_are_positions_in_the_v4_0_x86_64_enum():
     for name, value, _ in TABLE:
-        if name.startswith("PG_") and name != "PG_NAMES" and name != "PG_double_map":
+        if name.startswith("PG_") and name not in ("PG_NAMES", "PG_double_map", "PG_anon_exclusive"):
             assert PAGEFLAGS_V4_0_X86_64.index(name) == value, name
     assert constants.PG_NAMES == {PAGEFLAGS_V4_0_X86_64.index("PG_" + n): n
                                   for n in constants.PG_NAMES.values()}
@@ -183,7 +225,7 @@ def test_derived_values_agree_with_the_kernel_formulas():
     assert c.ANON_FAULT_FLAGS == sum(1 << b for b in (3, 5, 6, 19))
     assert c.TAIL_COPY_FLAGS == sum(1 << b for b in (2, 19, 21, 3, 6, 0, 20))
     assert c.VM_ANON_DEFAULT == 0x1 | 0x2 | 0x10 | 0x20 | 0x40 | 0x00100000
-    assert set(c.VM_EVENTS) <= set(VMSTAT_TEXT_THP_V4_5)
+    assert set(c.VM_EVENTS[:6]) <= set(VMSTAT_TEXT_THP_V4_5)
     assert [c.VM_EVENTS[i] for i in (c.EV_THP_SPLIT_PMD, c.EV_THP_SPLIT_PAGE, c.EV_THP_SPLIT_PAGE_FAILED,
                                      c.EV_THP_FAULT_ALLOC, c.EV_THP_DEFERRED_SPLIT_PAGE)] == \
         ["thp_split_pmd", "thp_split_page", "thp_split_page_failed", "thp_fault_alloc",

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from vmstate.kernels.constants import COSTS, HPAGE_PMD_SIZE, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, \
-    SPLIT_FAIL_RECHECK, SPLIT_OK, VM_EVENTS
+    SPLIT_FAIL_RECHECK, SPLIT_OK, N_EVENTS, VM_EVENTS
 from vmstate.errors import BadInput
 from vmstate.batch.runner import run_scenario
 from vmstate.io.scenario import Scenario, load_scenario, parse_scenario
@@ -81,7 +81,7 @@ class Result:
         if not frames:  # the same columns, no rows
             empty = np.zeros(0, np.int64)
             none = SplitResult(empty, empty, empty, costs=np.zeros((0, len(COSTS)), np.int64),
-                               events=np.zeros((0, len(VM_EVENTS)), np.int64))
+                               events=np.zeros((0, N_EVENTS), np.int64))
             frames = [none.frame().select(pl.lit(0, pl.Int64).alias("op"), pl.all())]
         return pl.concat(frames)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from vmstate.kernels.constants import HPAGE_PMD_SIZE, PAGE_SIZE
+from vmstate.kernels.constants import HPAGE_PMD_SIZE, PAGE_SIZE, VARIANT_MTHP_STATS, VARIANT_VM_EVENTS
 from vmstate.engine.memory_estimate import check_fits, estimate
 from vmstate.errors import BadInput, CorruptState
 from vmstate.io.export import pagemap_frame, pages_frame
@@ -64,7 +64,8 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
             raise _with_context(e, where(scenario.path, op.index, op.line)) from e
     summary = {"scenario": scenario.name,
                "variant": scenario.variant,
-               "vm_events": {k: int(v) for k, v in state.vm_events.items()},
+               "vm_events": {k: state.vm_events[k] for k in VARIANT_VM_EVENTS[scenario.variant]},
+               **({"mthp_stats": state.mthp_stats} if VARIANT_MTHP_STATS[scenario.variant] else {}),
                "costs": {k: int(v) for k, v in state.costs.items()},
                "splits": splits,
                "snapshots": summaries}

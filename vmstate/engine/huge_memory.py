@@ -16,7 +16,7 @@ import numpy as np
 from vmstate.kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, COSTS, HPAGE_PMD_NR, HPAGE_PMD_SIZE,
     PAGE_SHIFT, PAGE_SIZE, RACE_NONE, RACE_POINTS, SPLIT_BUG, SPLIT_FAIL_ANON_VMA,
-    SPLIT_FAIL_PRECHECK, SPLIT_OK, VM_EVENTS, VM_WRITE, _PAGE_PSE,
+    SPLIT_FAIL_PRECHECK, SPLIT_OK, N_EVENTS, VM_EVENTS, VM_WRITE, _PAGE_PSE,
 )
 from vmstate.kernels.pagewalk import follow_thps
 from vmstate.engine.checks import check_range, live_mm, vmas_in
@@ -159,7 +159,7 @@ def split_thps(state, thps, *, race: Race | None = None, mm=None) -> SplitResult
     race_pin, race_unpin = race.arrays(n) if race else (np.zeros(n, np.int64), np.zeros(n, np.int64))
     bugs = np.zeros((n, 4), np.int64)
     costs = np.zeros((n, len(COSTS)), np.int64)
-    events = np.zeros((n, len(VM_EVENTS)), np.int64)
+    events = np.zeros((n, N_EVENTS), np.int64)
     t0 = time.perf_counter()
     state.k.split_huge_pages(thps, ptr, rows, lo, hi, write, state.blocks.a, state.pmds.a,
                              state.tables.a, ret, reason, costs, events, bugs, race_pin, race_unpin)

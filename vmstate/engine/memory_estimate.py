@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
 from vmstate.errors import BadInput
-from vmstate.kernels.constants import COSTS, VM_EVENTS
+from vmstate.kernels.constants import COSTS, N_EVENTS
 
 __all__ = ["MemoryEstimate", "estimate", "check_fits", "budget"]
 
@@ -47,7 +47,7 @@ PIN_PAGE_BYTES = 8                  # a pinned page's pfn in Pin.pfns
 # THP ret, reason, the racing pins' points, the BUG() values (4), the costs and events rows, the
 # THP and ptr arrays; per entry the PMD row, subpage range and VM_WRITE columns.
 RMAP_THP_BYTES, RMAP_ENTRY_BYTES = 94, 130.5
-KERNEL_THP_BYTES = 8 * (2 + 2 + 4 + len(COSTS) + len(VM_EVENTS) + 2)
+KERNEL_THP_BYTES = 8 * (2 + 2 + 4 + len(COSTS) + N_EVENTS + 2)
 KERNEL_ENTRY_BYTES = 8 * 4
 # Generating a population (population.build_population): the seed's draw and the per-THP arrays
 # (152 bytes a THP, tracemalloc). The partially unmapped THPs' zap runs in a kernel

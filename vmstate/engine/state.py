@@ -21,7 +21,7 @@ from vmstate.engine.validate import validate_state
 from vmstate.errors import BadInput
 from vmstate.kernels.constants import (
     COSTS, FIRST_BLOCK, HPAGE_PMD_NR, MAPPING_NULL, PG_head, PG_tail, TAIL_MAPPING, VARIANTS,
-    VM_EVENTS, _PAGE_PRESENT,
+    MTHP_STATS, N_EVENTS, VM_EVENTS, _PAGE_PRESENT,
 )
 from vmstate.kernels.variants import KERNELS
 
@@ -47,7 +47,7 @@ class MemoryState:
         self.mms: dict[str, Mm] = {}
         self.anon_vmas: list[list[Vma]] = []
         self.pins: dict[tuple, list] = {}  # (mm, addr, len) -> [Pin], latest last
-        self.events = np.zeros(len(VM_EVENTS), np.int64)
+        self.events = np.zeros(N_EVENTS, np.int64)
         self.cost_counters = np.zeros(len(COSTS), np.int64)
         self.validate_after_ops = False
 
@@ -101,6 +101,11 @@ class MemoryState:
     @property
     def vm_events(self) -> dict:
         return {name: int(v) for name, v in zip(VM_EVENTS, self.events)}
+
+    @property
+    def mthp_stats(self) -> dict:
+        """The hugepages-2048kB/stats counters (6.18; zeros in v5 and v4.5)."""
+        return {name: int(v) for name, v in zip(MTHP_STATS, self.events[len(VM_EVENTS):])}
 
     @property
     def costs(self) -> dict:
