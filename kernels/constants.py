@@ -104,7 +104,7 @@ EAGAIN = 11
 # Refcounting variants: the v5 patch series this project follows (the default), mainline 4.5 and
 # mainline 6.18 as configured on this machine (docs/variant-6.18.md). Each is a module of kernels
 # (vmstate.kernels.v5, .v4_5, .v6_18) built in vmstate.kernels.variants.
-VARIANTS = ("v5", "v4.5")  # "6.18" joins with kernels/v6_18.py
+VARIANTS = ("v5", "v4.5", "6.18")
 
 # ---- 6.18 (docs/variant-6.18.md) ----
 # include/linux/mm_types.h (v6.18): _nr_pages_mapped counts a PMD mapping as ENTIRELY_MAPPED.
@@ -123,6 +123,7 @@ SPLIT_FAIL_ANON_VMA = 1
 SPLIT_FAIL_PRECHECK = 2
 SPLIT_FAIL_RECHECK = 3
 SPLIT_BUG = 4  # total_mapcount > page_count - 1 after the freeze: the kernel's BUG()
+SPLIT_NOT_TRIED = 5  # deferred_split_scan() left the THP alone (6.18: neither partially mapped nor underused)
 
 # Where a racing GUP pin (get_page) or its release (put_page) lands in split_huge_page_to_list():
 # the precheck is racy on purpose and the recheck after freeze_page() catches what it missed.

@@ -9,10 +9,10 @@ whether it has ``VM_WRITE``.
 """
 from vmstate.kernels.constants import (
     C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_LOCK, C_PTE_WRITE, C_TLB_FLUSH, HPAGE_PMD_NR, PTE_PFN_MASK,
-    PTE_PFN_SHIFT, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION,
+    PTE_PFN_SHIFT, _PAGE_PRESENT, _PAGE_PSE,
 )
-from vmstate.kernels.per_variant import FREEZE_FROM_VM_START, freeze_pte_counts, per_variant
-from vmstate.kernels.pmd import _split_huge_pmd_locked
+from vmstate.kernels.per_variant import FREEZE_FROM_VM_START, freeze_pte, per_variant
+from vmstate.kernels.pmd import _split_huge_pmd_locked, mm_id_of
 
 
 @per_variant()
@@ -36,6 +36,7 @@ def freeze_page_vma(row, b, lo, pmds, tables, blocks, costs, events):
     costs[C_PTE_LOCK] += 1
     pte = tables[pmds[row]["pte_table"]]["pte"]
     page = blocks[b]
+    mm_id = mm_id_of(pmds, row)
     for i in range(lo if FREEZE_FROM_VM_START else 0, HPAGE_PMD_NR):
         e = pte[i]
         if not e & _PAGE_PRESENT:
@@ -43,10 +44,8 @@ def freeze_page_vma(row, b, lo, pmds, tables, blocks, costs, events):
         if (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != head_pfn + i:
             continue
         costs[C_TLB_FLUSH] += 1  # ptep_clear_flush()
-        # make_migration_entry(page, pte_write(entry)), soft-dirty carried to the swap pte
-        pte[i] = (e & (PTE_PFN_MASK | _PAGE_RW | _PAGE_SOFT_DIRTY)) | _PAGE_VMS_MIGRATION
+        pte[i] = freeze_pte(page, i, e, mm_id, events)  # the migration entry
         costs[C_PTE_WRITE] += 1
-        freeze_pte_counts(page, i, e, events)
 
 
 @per_variant()

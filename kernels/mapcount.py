@@ -8,7 +8,9 @@ THP is PMD-mapped; :mod:`vmstate.kernels.v4_5`: only while ``PG_double_map`` is 
 from numba import njit, prange
 
 from vmstate.kernels.constants import HPAGE_PMD_NR, PG_head
-from vmstate.kernels.per_variant import mapcount_offset, mapcount_offset_for, per_variant
+from vmstate.kernels.per_variant import (
+    mapcount_offset, mapcount_offset_for, per_variant, population_folio,
+)
 
 
 @njit(cache=True, inline="always")
@@ -48,6 +50,15 @@ def mapcount_offsets(blocks, out):
     for b in prange(blocks.shape[0]):
         page = blocks[b]
         out[b] = mapcount_offset(page) if page["flags"][0] & (1 << PG_head) else 0
+
+
+@per_variant(parallel=True)
+def set_population_folios(blocks, b0, pmd_maps, pte_maps, mappers, partial, split, out):
+    """A generated population: the variant's ``population_folio()`` for THP ``k`` in block
+    ``b0 + k``; ``out[k]`` = 1 where its program counted ``thp_deferred_split_page``."""
+    for k in prange(pmd_maps.shape[0]):
+        out[k] = population_folio(blocks[b0 + k], pmd_maps[k], pte_maps[k], mappers[k], partial[k],
+                                  split[k])
 
 
 @per_variant(parallel=True)

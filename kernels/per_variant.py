@@ -50,22 +50,79 @@ def mapcount_offset_for(page, pmd_maps, pte_maps):
 
 
 @_declare
-def page_add_new_anon_rmap(page):
-    """``page_add_new_anon_rmap(page, vma, address, compound=true)`` on a newly faulted THP."""
+def folio_mapcount(page):
+    """Every mapping of the THP (a PMD counts one, a PTE one): ``total_mapcount()`` before 6.10,
+    ``folio_mapcount()`` (``_large_mapcount``) since."""
 
 
 @_declare
-def page_remove_anon_compound_rmap(page, events):
-    """``page_remove_rmap(page, compound=true)``: a PMD mapping of the THP goes."""
+def population_folio(page, pmd_maps, pte_maps, mappers, partial, split):
+    """A generated population's THP (``vmstate.engine.population``) whose ``_mapcount`` and
+    ``compound_mapcount`` are set: the variant's other fields (6.18: the folio's, PageAnonExclusive)
+    and the deferred queue, for ``mappers`` processes (the parent, mm_id 1, and forked children) of
+    which each maps it by PMD or (``split``) by PTEs, the parent with a partial zap (``partial``).
+    Returns 1 when the program counted the THP in ``thp_deferred_split_page``."""
 
 
 @_declare
-def split_huge_pmd_counts(page, freeze, events):
-    """The counts ``__split_huge_pmd_locked()`` changes when one PMD mapping of the THP becomes 512
-    PTEs (or, with ``freeze``, 512 migration entries)."""
+def count_deferred_split(events, n):
+    """``n`` THPs counted by ``deferred_split_huge_page()`` (6.18: also mthp ``split_deferred``)."""
 
 
-SPLIT_PMD_PTE_DIRTY = _Declared("the dirty bit __split_huge_pmd_locked() writes into every PTE")
+@_declare
+def page_add_new_anon_rmap(page, mm_id):
+    """``page_add_new_anon_rmap(page, vma, address, compound=true)`` on a newly faulted THP of the
+    process with ``mm_id`` (6.18: ``folio_add_new_anon_rmap()`` and the deferred queue)."""
+
+
+@_declare
+def count_thp_faults(events, n):
+    """The counters of ``n`` THP faults (``thp_fault_alloc``; 6.18 also mthp ``anon_fault_alloc``)."""
+
+
+MADV_COLD_PAGEOUT = _Declared("whether the variant's kernel has MADV_COLD and MADV_PAGEOUT (v5.4+)")
+MPROTECT_WRITABLE_EXCLUSIVE = _Declared("whether mprotect() to writable makes the entries of "
+                                        "PageAnonExclusive pages writable at once (6.18)")
+NEW_ANON_PAGE_FLAGS = _Declared("flags a new small anonymous page gets besides ANON_FAULT_FLAGS "
+                                "(6.18: PG_anon_exclusive)")
+
+
+@_declare
+def page_dup_anon_rmap_pmd(page, mm_id):
+    """fork's ``page_dup_rmap(page, compound=true)`` (6.18: ``folio_try_dup_anon_rmap_pmd()``) into
+    the child with ``mm_id``."""
+
+
+@_declare
+def page_dup_anon_rmap_pte(page, i, mm_id):
+    """fork's ``page_dup_rmap(page + i, false)`` (6.18: ``folio_try_dup_anon_rmap_pte()``) into the
+    child with ``mm_id``."""
+
+
+@_declare
+def page_remove_anon_compound_rmap(page, mm_id, events):
+    """``page_remove_rmap(page, compound=true)``: a PMD mapping of the THP in process ``mm_id``
+    goes."""
+
+
+@_declare
+def page_remove_rmap_ptes(page, lo, hi, mm_id, events):
+    """One zap batch: the PTE mappings of subpages ``[lo, hi)`` of the block (consecutive present
+    PTEs of one page table) in process ``mm_id`` go (6.18: one ``folio_remove_rmap_ptes()``)."""
+
+
+@_declare
+def split_huge_pmd_counts(page, freeze, mm_id, events):
+    """The counts ``__split_huge_pmd_locked()`` changes when one PMD mapping of the THP (process
+    ``mm_id``) becomes 512 PTEs (or, with ``freeze``, 512 migration entries)."""
+
+
+@_declare
+def split_pmd_pte_bits(page, entry, freeze):
+    """The bits ``__split_huge_pmd_locked()`` writes into each of the 512 entries (the pfn aside) for
+    the huge PMD ``entry``: a PTE, or with ``freeze`` a migration entry."""
+
+
 SPLIT_PMD_SETS_PAGE_DIRTY = _Declared("whether __split_huge_pmd_locked() sets the head's PG_dirty "
                                       "for a dirty PMD")
 FREEZE_FROM_VM_START = _Declared("whether freeze_page_vma() walks from the VMA's first subpage "
@@ -73,15 +130,19 @@ FREEZE_FROM_VM_START = _Declared("whether freeze_page_vma() walks from the VMA's
 
 
 @_declare
-def freeze_pte_counts(page, i, pte, events):
-    """What ``freeze_page_vma()`` does to the counts when subpage ``i``'s PTE (value ``pte``) became
-    a migration entry."""
+def freeze_pte(page, i, pte, mm_id, events):
+    """``freeze_page_vma()`` / ``try_to_migrate_one()`` on subpage ``i``'s present PTE ``pte`` in
+    process ``mm_id``: what it does to the counts; returns the migration entry."""
 
 
 @_declare
 def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
-    """``unfreeze_page(anon_vma, page)``: migration entries back to PTEs (rmap arrays as in
-    :mod:`vmstate.kernels.freeze`)."""
+    """``unfreeze_page(anon_vma, page)`` (6.18: ``remap_page()``): migration entries back to PTEs
+    (rmap arrays as in :mod:`vmstate.kernels.freeze`)."""
+
+
+SPLIT_PINNED = _Declared("what split_huge_page() returns for an extra reference: -EBUSY (v5, 4.5), "
+                         "-EAGAIN (6.18)")
 
 
 @_declare
@@ -95,9 +156,36 @@ def split_recheck_bug(mapcount, count):
 
 
 @_declare
+def count_split(ok, events):
+    """``thp_split_page`` or ``thp_split_page_failed`` (6.18: also mthp ``split``/``split_failed``)."""
+
+
+@_declare
 def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, offset, head_flags, tail):
     """``__split_huge_page_tail(head, tail, lruvec, NULL)`` over one THP's fields; returns the
     mapcount moved from the head to the tail."""
+
+
+@_declare
+def debugfs_split_skips(page):
+    """debugfs ``split_huge_pages`` passes over this THP without trying (6.18:
+    ``!can_split_folio(folio, 0)``)."""
+
+
+@_declare
+def deferred_split_should_split(page, events):
+    """``deferred_split_scan()`` on a queued THP: 1 split it, 2 split it as underused (6.18), 0 leave
+    it (taking it off the queue)."""
+
+
+@_declare
+def deferred_split_requeue(page, did_split):
+    """After ``deferred_split_scan()`` tried a THP: whether it stays queued."""
+
+
+@_declare
+def folio_maybe_mapped_shared(page):
+    """6.18 ``folio_maybe_mapped_shared()`` (MADV_COLD/MADV_PAGEOUT, which the older variants lack)."""
 
 
 DECLARED = tuple(n for n, v in list(globals().items())

@@ -10,17 +10,23 @@ from numba import njit, prange
 
 from vmstate.kernels.constants import (
     ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH, EV_THP_SPLIT_PMD, HPAGE_PMD_NR, PG_dirty, PG_head, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT,
-    _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
+    _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
 from vmstate.kernels.per_variant import (
-    SPLIT_PMD_PTE_DIRTY, SPLIT_PMD_SETS_PAGE_DIRTY, page_add_new_anon_rmap,
-    page_remove_anon_compound_rmap, per_variant, split_huge_pmd_counts,
+    SPLIT_PMD_SETS_PAGE_DIRTY, page_add_new_anon_rmap, page_dup_anon_rmap_pmd,
+    page_remove_anon_compound_rmap, per_variant, split_huge_pmd_counts, split_pmd_pte_bits,
 )
-from vmstate.kernels.refcount import get_page, put_page
+from vmstate.kernels.refcount import get_page, put_page, set_page_data
 
 _NOT_RW = 0xFFFFFFFFFFFFFFFF ^ _PAGE_RW
 FAULT_ENTRY = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY  # a write fault's entry
 _NOT_ACCESSED = 0xFFFFFFFFFFFFFFFF ^ _PAGE_ACCESSED
+
+
+@njit(cache=True, inline="always")
+def mm_id_of(pmds, row):
+    """``mm->mm_id`` of the process owning PMD entry ``row`` (6.15+: IDs from 1, in creation order)."""
+    return pmds[row]["mm"] + 1
 
 
 @njit(cache=True, inline="always")
@@ -30,12 +36,13 @@ def pmd_block(entry):
 
 
 @per_variant(parallel=True)
-def do_huge_pmd_anonymous_pages(blocks, thps, pmds, rows):
+def do_huge_pmd_anonymous_pages(blocks, thps, pmds, rows, data):
     """``do_huge_pmd_anonymous_page()`` for the new THP in block ``thps[k]``, mapped by PMD entry
     ``rows[k]`` (allocated by the caller): ``prep_transhuge_page()``, the fault's flags
     (``__SetPageUptodate``, ``lru_cache_add_active_or_unevictable``), one reference,
     ``page_add_new_anon_rmap(page, compound)``, and the huge PMD, writable, young and dirty (a
-    write fault's). The caller counts ``thp_fault_alloc``."""
+    write fault's); every page then written with data (``data``) or zeros. The caller counts the
+    faults (``count_thp_faults()``)."""
     for k in prange(thps.shape[0]):
         b = thps[k]
         page = blocks[b]
@@ -44,11 +51,12 @@ def do_huge_pmd_anonymous_pages(blocks, thps, pmds, rows):
         for i in range(1, HPAGE_PMD_NR):
             flags[i] = 1 << PG_tail
         page["_count"][0] = 1
-        page_add_new_anon_rmap(page)
+        set_page_data(page, 0, HPAGE_PMD_NR, data)
+        page_add_new_anon_rmap(page, mm_id_of(pmds, rows[k]))
         pmds[rows[k]]["pmd"] = ((b * HPAGE_PMD_NR) << PTE_PFN_SHIFT) | FAULT_ENTRY | _PAGE_PSE
 
 
-@njit(cache=True)
+@per_variant()
 def copy_huge_pmd(pmds, src, dst, blocks):
     """Mirror of ``copy_huge_pmd()`` from PMD entry ``src`` to ``dst`` (the child's, its table
     deposited by the caller): get_page + ``page_dup_rmap(page, compound)``; both entries
@@ -56,7 +64,7 @@ def copy_huge_pmd(pmds, src, dst, blocks):
     entry = pmds[src]["pmd"] & _NOT_RW
     b = pmd_block(entry)
     get_page(blocks, b, 0)
-    blocks[b]["compound_mapcount"] += 1
+    page_dup_anon_rmap_pmd(blocks[b], mm_id_of(pmds, dst))
     pmds[src]["pmd"] = entry
     pmds[dst]["pmd"] = entry & _NOT_ACCESSED
 
@@ -68,7 +76,7 @@ def zap_huge_pmd(pmds, row, blocks, costs, events):
     b = pmd_block(pmds[row]["pmd"])
     pmds[row]["pmd"] = 0
     pmds[row]["pte_table"] = -1
-    page_remove_anon_compound_rmap(blocks[b], events)
+    page_remove_anon_compound_rmap(blocks[b], mm_id_of(pmds, row), events)
     put_page(blocks, b, 0, costs)
 
 
@@ -78,21 +86,14 @@ def _split_huge_pmd_locked(pmds, tables, row, blocks, b, freeze, costs, events):
     mapping the THP in block ``b``; ``pte_table`` must name a table (the deposited one)."""
     entry = pmds[row]["pmd"]
     pfn = (entry & PTE_PFN_MASK) >> PTE_PFN_SHIFT
-    write = entry & _PAGE_RW
-    young = entry & _PAGE_ACCESSED
     pte = tables[pmds[row]["pte_table"]]["pte"]
-    if freeze:
-        bits = _PAGE_VMS_MIGRATION | write  # make_migration_entry(page + i, write)
-    else:
-        # mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young; soft-dirty is
-        # not carried. The dirty bit is the variant's.
-        bits = _PAGE_PRESENT | SPLIT_PMD_PTE_DIRTY | write | young
+    page = blocks[b]
+    bits = split_pmd_pte_bits(page, entry, freeze)
     for i in range(HPAGE_PMD_NR):
         pte[i] = ((pfn + i) << PTE_PFN_SHIFT) | bits
-    page = blocks[b]
     if SPLIT_PMD_SETS_PAGE_DIRTY and entry & _PAGE_DIRTY:
         page["flags"][0] |= 1 << PG_dirty  # SetPageDirty(page + i): PG_dirty is per THP, the head's
-    split_huge_pmd_counts(page, freeze, events)
+    split_huge_pmd_counts(page, freeze, mm_id_of(pmds, row), events)
     pmds[row]["pmd"] = _PAGE_PRESENT  # pmd_populate(): now points at the table
     events[EV_THP_SPLIT_PMD] += 1
     costs[C_TLB_FLUSH] += 1

@@ -3,10 +3,12 @@
 
 Frame ``pfn`` is entry ``i = pfn % 512`` of block record ``blocks[pfn // 512]``.
 """
+import numpy as np
 from numba import njit
 
 from vmstate.kernels.constants import (
-    C_PAGES_FREED, EV_THP_DEFERRED_SPLIT_PAGE, HPAGE_PMD_NR, PG_head, PG_hwpoison, PG_tail,
+    C_PAGES_FREED, EV_THP_DEFERRED_SPLIT_PAGE, HPAGE_PMD_NR, MM_ID_DUMMY, PG_head, PG_hwpoison,
+    PG_tail,
 )
 
 _HEAD = 1 << PG_head
@@ -57,6 +59,52 @@ def _thp_run_end(blocks, pfns, k, b):
     return m
 
 
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@njit(cache=True, inline="always")
+def page_has_data(page, i):
+    """Whether subpage ``i`` of block record ``page`` holds non-zero bytes (its content bit)."""
+    return (page["data"][i >> 6] >> np.uint64(i & 63)) & np.uint64(1)
+
+
+@njit(cache=True, inline="always")
+def set_page_data(page, lo, hi, data):
+    """Pages ``[lo, hi)`` of the block were written with data (``data`` true) or with zeros."""
+    for i in range(lo, hi):
+        bit = np.uint64(1) << np.uint64(i & 63)
+        if data:
+            page["data"][i >> 6] |= bit
+        else:
+            page["data"][i >> 6] &= _ALL ^ bit
+
+
+@njit(cache=True, inline="always")
+def reset_folio_fields(page):
+    """The large-folio fields of the block back to their initial values (a THP freed or split)."""
+    page["compound_mapcount"] = -1
+    page["_large_mapcount"] = -1
+    page["_nr_pages_mapped"] = 0
+    for k in range(2):
+        page["_mm_id"][k] = MM_ID_DUMMY
+        page["_mm_id_mapcount"][k] = -1
+    page["_mm_ids_shared"] = 0
+    page["partially_mapped"] = 0
+    page["deferred"] = 0
+
+
+@njit(cache=True, inline="always")
+def population_folio_v4(page, pmd_maps, pte_maps, mappers, partial, split):
+    """``population_folio()`` of the variants without large-folio fields (v5, 4.5): the fields at
+    their initial values; the THP is queued (and was counted) when the partial zap left a subpage
+    unmapped, which it does only where the parent is its one mapper."""
+    reset_folio_fields(page)
+    page["compound_mapcount"] = pmd_maps - 1
+    q = 1 if partial and mappers == 1 else 0
+    page["deferred"] = q
+    return q
+
+
 @njit(cache=True, inline="always")
 def put_page_counted(page, i):
     """Mirror of ``put_page()`` on entry ``i`` of block record ``page``: drop one reference; the last
@@ -69,15 +117,18 @@ def put_page_counted(page, i):
         return 0
     if page["flags"][h] & _HEAD:
         # free_compound_page(): all 512 frames go back; the THP leaves the deferred split queue
-        # (free_transhuge_page() in v5 26/28).
+        # (free_transhuge_page() in v5 26/28; 6.18 folio_unqueue_deferred_split() also clears
+        # PG_partially_mapped). Its content goes with it.
         for j in range(HPAGE_PMD_NR):
             page["flags"][j] &= _KEEP_ON_FREE
             page["_mapcount"][j] = -1
-        page["compound_mapcount"] = -1
-        page["deferred"] = 0
+        reset_folio_fields(page)
+        for w in range(HPAGE_PMD_NR // 64):
+            page["data"][w] = 0
         return HPAGE_PMD_NR
     page["flags"][h] &= _KEEP_ON_FREE
     page["_mapcount"][h] = -1
+    set_page_data(page, h, h + 1, False)
     return 1
 
 

@@ -7,21 +7,23 @@ the rmap index arrays of :mod:`vmstate.kernels.freeze`; ``costs``/``events``: co
 indexed by ``C_*``/``EV_*``; ``bug``: four ``i64`` (head pfn, BUG_* kind, two values tested) filled
 on BUG().
 """
+import numpy as np
 from numba import njit, prange
 
 from vmstate.kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, C_ANON_VMA_LOCK, C_LRU_LOCK,
-    C_PAGES_FREED, EBUSY, EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED, HPAGE_PMD_NR, PG_head,
+    C_PAGES_FREED, EBUSY, HPAGE_PMD_NR, PG_head,
     PG_hwpoison, PG_locked, RACE_AFTER_FREEZE, RACE_AFTER_PRECHECK, RACE_AFTER_SPLIT, RACE_NONE,
-    SPLIT_BUG, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK,
+    SPLIT_BUG, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_NOT_TRIED, SPLIT_OK,
+    EV_THP_UNDERUSED_SPLIT_PAGE,
 )
 from vmstate.kernels.freeze import freeze_page
-from vmstate.kernels.mapcount import total_mapcount
 from vmstate.kernels.per_variant import (
-    _split_huge_page_tail, mapcount_offset, per_variant, split_recheck_bug, split_recheck_ok,
-    unfreeze_page,
+    SPLIT_PINNED, _split_huge_page_tail, count_split, debugfs_split_skips,
+    deferred_split_requeue, deferred_split_should_split, folio_mapcount, mapcount_offset,
+    per_variant, split_recheck_bug, split_recheck_ok, unfreeze_page,
 )
-from vmstate.kernels.refcount import get_page, put_page
+from vmstate.kernels.refcount import get_page, put_page, reset_folio_fields
 
 _LOCKED = 1 << PG_locked
 # Masks as positive u32 values: ``~bit`` is a negative Python int, which NUMBA_DISABLE_JIT=1 runs
@@ -62,8 +64,9 @@ def _split_huge_page(b, blocks, costs, bug):
         tail_mapcount += _split_huge_page_tail(flags, _count, _mapcount, cmc, offset, head_flags, i)
     _count[0] -= tail_mapcount
     flags[0] &= _NOT_HEAD             # ClearPageCompound(head)
-    page["compound_mapcount"] = -1    # page[1].mapping now holds the head's mapping
-    page["deferred"] = 0              # v5 26/28: a split THP leaves the deferred split queue
+    # page[1].mapping now holds the head's mapping (compound_mapcount -1); v5 26/28: a split THP
+    # leaves the deferred split queue (6.18: the large folio's fields go with it)
+    reset_folio_fields(page)
     return 0
 
 
@@ -83,6 +86,13 @@ def _put_split_subpages(page, costs):
         _mapcount[i] = -1 if gone else _mapcount[i]
         freed += gone
     costs[C_PAGES_FREED] += freed
+    if freed:  # a freed frame's content goes with it
+        data = page["data"]
+        for w in range(HPAGE_PMD_NR // 64):
+            keep = np.uint64(0)
+            for j in range(64):
+                keep |= np.uint64(_count[w * 64 + j] != 0 or w * 64 + j == 0) << np.uint64(j)
+            data[w] &= keep
 
 
 @njit(cache=True, inline="always")
@@ -104,16 +114,17 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
     page = blocks[b]
     head_pfn = b * HPAGE_PMD_NR
     # page_get_anon_vma(): NULL when !page_mapped(page), which is total_mapcount() == 0 here; the
-    # precheck below reads the same total (nothing changes in between), so it is summed once.
-    mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"], mapcount_offset(page))
+    # precheck below reads the same total (nothing changes in between), so it is read once.
+    # (6.18 __folio_split(): folio_get_anon_vma(), then can_split_folio(folio, 1, &extra_pins).)
+    mapcount = folio_mapcount(page)
     if mapcount == 0:
-        events[EV_THP_SPLIT_PAGE_FAILED] += 1
+        count_split(False, events)
         return -EBUSY, SPLIT_FAIL_ANON_VMA
     costs[C_ANON_VMA_LOCK] += 1
     # Racy check if we can split the page, before freeze_page() will split PMDs
     if mapcount != page["_count"][0] - 1:
-        events[EV_THP_SPLIT_PAGE_FAILED] += 1
-        return -EBUSY, SPLIT_FAIL_PRECHECK
+        count_split(False, events)
+        return SPLIT_PINNED, SPLIT_FAIL_PRECHECK
     _race(RACE_AFTER_PRECHECK, pin_at, unpin_at, blocks, b, costs)
     freeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, pmds, tables, blocks, costs, events)
     _race(RACE_AFTER_FREEZE, pin_at, unpin_at, blocks, b, costs)
@@ -123,14 +134,14 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
         bug[2] = page["compound_mapcount"] + 1
         return -EBUSY, SPLIT_BUG
     # Both values are read once and reported as tested (the review's point).
-    mapcount = total_mapcount(page["_mapcount"], page["compound_mapcount"], mapcount_offset(page))
+    mapcount = folio_mapcount(page)
     count = page["_count"][0]
     if split_recheck_ok(mapcount, count):
         if _split_huge_page(b, blocks, costs, bug):
             return -EBUSY, SPLIT_BUG
         unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
         _put_split_subpages(page, costs)
-        events[EV_THP_SPLIT_PAGE] += 1
+        count_split(True, events)
         return 0, SPLIT_OK
     if split_recheck_bug(mapcount, count):
         bug[0] = head_pfn
@@ -139,8 +150,8 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
         bug[3] = count
         return -EBUSY, SPLIT_BUG
     unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
-    events[EV_THP_SPLIT_PAGE_FAILED] += 1
-    return -EBUSY, SPLIT_FAIL_RECHECK
+    count_split(False, events)
+    return SPLIT_PINNED, SPLIT_FAIL_RECHECK
 
 
 @njit(cache=True, inline="always")
@@ -151,15 +162,22 @@ def _raced(reason):
 
 @per_variant(parallel=True)
 def split_huge_pages(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
-                     ret, reason, costs, events, bugs, race_pin, race_unpin):
+                     ret, reason, costs, events, bugs, race_pin, race_unpin, debugfs):
     """Mirror of debugfs ``split_huge_pages`` for a pid range (``mm/huge_memory.c``, v5.x): per THP
-    get_page, lock_page, split_huge_page, unlock_page, put_page. THP ``k`` is block ``thps[k]``, its
+    get_page, lock_page, split_huge_page, unlock_page, put_page — with ``debugfs`` false, the same
+    sequence as another caller's ``split_folio()`` (6.18 MADV_COLD/PAGEOUT); with it, a THP the
+    variant's debugfs passes over (``debugfs_split_skips()``) is reported as a precheck failure
+    without a try. THP ``k`` is block ``thps[k]``, its
     VMAs ``vma_ptr[k] <= v < vma_ptr[k + 1]``. THPs share no block, PMD entry or PTE table, so each
     runs on its own prange iteration, in one pass over its memory; its counters go to its own row
     of ``costs``/``events`` (``[thp, counter]``; the caller sums them). A THP that hits BUG() keeps
     its state and ``bugs[k] = (head pfn, kind, value, value)``; the others go on."""
     for k in prange(thps.shape[0]):
         b = thps[k]
+        if debugfs and debugfs_split_skips(blocks[b]):
+            ret[k] = SPLIT_PINNED
+            reason[k] = SPLIT_FAIL_PRECHECK
+            continue
         get_page(blocks, b, 0)
         blocks[b]["flags"][0] |= _LOCKED
         r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
@@ -172,3 +190,39 @@ def split_huge_pages(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, bloc
                 put_page(blocks, b, 0, costs[k])
             blocks[b]["flags"][0] &= _NOT_LOCKED
             put_page(blocks, b, 0, costs[k])
+
+
+@per_variant(parallel=True)
+def deferred_split_scan(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
+                        ret, reason, costs, events, bugs):
+    """Mirror of the variant's ``deferred_split_scan()`` over every queued THP (``thps``, rmap arrays
+    and result rows as :func:`split_huge_pages`), one pass: the variant decides which to try
+    (``deferred_split_should_split()``; one it leaves is off the queue, ``reason`` SPLIT_NOT_TRIED),
+    each tried one is referenced, locked, ``split_huge_page()``d, unlocked and put, and a failed one
+    stays queued where ``deferred_split_requeue()`` says so. 6.18 counts
+    ``thp_underused_split_page`` for an underused THP it split."""
+    for k in prange(thps.shape[0]):
+        b = thps[k]
+        page = blocks[b]
+        what = deferred_split_should_split(page, events[k])
+        if what == 0:
+            page["deferred"] = 0  # list_del_init(): not partially mapped, not underused
+            ret[k] = 0
+            reason[k] = SPLIT_NOT_TRIED
+            continue
+        get_page(blocks, b, 0)
+        page["flags"][0] |= _LOCKED
+        r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
+                                         vma_write, blocks, pmds, tables, costs[k], events[k],
+                                         bugs[k])
+        ret[k] = r
+        reason[k] = why
+        if why == SPLIT_BUG:
+            continue
+        if why == SPLIT_OK:
+            if what == 2:
+                events[k][EV_THP_UNDERUSED_SPLIT_PAGE] += 1
+        elif not deferred_split_requeue(page, False):
+            page["deferred"] = 0
+        page["flags"][0] &= _NOT_LOCKED
+        put_page(blocks, b, 0, costs[k])

@@ -9,11 +9,14 @@ VMA; the recheck is ``!total_mapcount && page_count == 1``.
 from numba import njit
 
 from vmstate.kernels.constants import (
-    C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, HPAGE_PMD_NR, PG_dirty, PG_double_map, PG_head,
-    PG_hwpoison, PG_lru, PTE_PFN_MASK, PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_DIRTY, _PAGE_PRESENT,
-    _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
+    C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, EBUSY, EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PAGE,
+    EV_THP_SPLIT_PAGE_FAILED, HPAGE_PMD_NR, PG_dirty, PG_double_map, PG_head, PG_hwpoison, PG_lru,
+    PTE_PFN_MASK, PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT,
+    _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION,
 )
+from vmstate.kernels.mapcount import total_mapcount
 from vmstate.kernels.refcount import deferred_split_huge_page, drop_mapcount_offset, page_remove_rmap_pte
+from vmstate.kernels.refcount import population_folio_v4 as population_folio  # noqa: F401
 
 NAME = "v4.5"
 _DOUBLE_MAP = 1 << PG_double_map
@@ -36,14 +39,56 @@ def mapcount_offset_for(page, pmd_maps, pte_maps):
 
 
 @njit(cache=True, inline="always")
-def page_add_new_anon_rmap(page):
+def folio_mapcount(page):
+    """4.5 ``total_mapcount()``."""
+    return total_mapcount(page["_mapcount"], page["compound_mapcount"], mapcount_offset(page))
+
+
+@njit(cache=True, inline="always")
+def page_add_new_anon_rmap(page, mm_id):
     """4.5 ``page_add_new_anon_rmap(page, vma, address, true)``: ``atomic_set(compound_mapcount_ptr
     (page), 0)``; the subpages' ``_mapcount`` stay -1."""
     page["compound_mapcount"] = 0
 
 
 @njit(cache=True, inline="always")
-def page_remove_anon_compound_rmap(page, events):
+def count_deferred_split(events, n):
+    """``count_vm_event(THP_DEFERRED_SPLIT_PAGE)`` per THP."""
+    events[EV_THP_DEFERRED_SPLIT_PAGE] += n
+
+
+@njit(cache=True, inline="always")
+def count_thp_faults(events, n):
+    """``count_vm_event(THP_FAULT_ALLOC)`` per THP."""
+    events[EV_THP_FAULT_ALLOC] += n
+
+
+NEW_ANON_PAGE_FLAGS = 0
+MADV_COLD_PAGEOUT = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
+MPROTECT_WRITABLE_EXCLUSIVE = False  # private anonymous entries become writable on a write fault
+
+
+@njit(cache=True, inline="always")
+def page_dup_anon_rmap_pmd(page, mm_id):
+    """4.5 ``page_dup_rmap(page, true)``: ``atomic_inc(compound_mapcount_ptr(page))``."""
+    page["compound_mapcount"] += 1
+
+
+@njit(cache=True, inline="always")
+def page_dup_anon_rmap_pte(page, i, mm_id):
+    """``page_dup_rmap(page + i, false)``: one more PTE mapping of the page."""
+    page["_mapcount"][i] += 1
+
+
+@njit(cache=True, inline="always")
+def page_remove_rmap_ptes(page, lo, hi, mm_id, events):
+    """``page_remove_rmap(page + i, false)`` for each page of the batch, in order."""
+    for i in range(lo, hi):
+        page_remove_rmap_pte(page, i, events)
+
+
+@njit(cache=True, inline="always")
+def page_remove_anon_compound_rmap(page, mm_id, events):
     """Mirror of 4.5 ``page_remove_anon_compound_rmap()``: the last compound mapping clears
     PG_double_map (dropping its +1: queued if a subpage reaches -1), or, with no PTE mapping
     possible, queues the THP for deferred split whole (nr = HPAGE_PMD_NR)."""
@@ -59,7 +104,7 @@ def page_remove_anon_compound_rmap(page, events):
 
 
 @njit(cache=True, inline="always")
-def split_huge_pmd_counts(page, freeze, events):
+def split_huge_pmd_counts(page, freeze, mm_id, events):
     """Mainline 4.5: page_ref_add(page, 511) and atomic_inc(&page[i]._mapcount) per PTE; set
     PG_double_map (one more +1 each) while other PMDs still map the THP; the last compound mapping
     clears it again. A freeze then drops each new PTE's mapping and reference (migration entries
@@ -84,21 +129,32 @@ def split_huge_pmd_counts(page, freeze, events):
         page["_count"][0] -= HPAGE_PMD_NR  # put_page(page + i), each to the head
 
 
-# 4.5 leaves the PTEs clean and marks the page dirty when the PMD was ("mm: don't split THP page
-# when MADV_FREE ...").
-SPLIT_PMD_PTE_DIRTY = 0
+@njit(cache=True, inline="always")
+def split_pmd_pte_bits(page, entry, freeze):
+    """4.5 ``__split_huge_pmd_locked()``: ``make_migration_entry(page + i, write)`` with ``freeze``;
+    else mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young — and clean: 4.5
+    marks the page dirty instead when the PMD was ("mm: don't split THP page when MADV_FREE ...")."""
+    write = entry & _PAGE_RW
+    if freeze:
+        return _PAGE_VMS_MIGRATION | write
+    return _PAGE_PRESENT | write | (entry & _PAGE_ACCESSED)
+
+
 SPLIT_PMD_SETS_PAGE_DIRTY = True
 FREEZE_FROM_VM_START = True  # ``if (address < vma->vm_start)`` skips to vm_start; no stop at vm_end
+SPLIT_PINNED = -EBUSY
 
 
 @njit(cache=True, inline="always")
-def freeze_pte_counts(page, i, pte, events):
+def freeze_pte(page, i, pte, mm_id, events):
     """4.5 ``freeze_page_vma()``: a dirty PTE dirties the page (``SetPageDirty``: PF_HEAD, the head's
-    flag), then ``page_remove_rmap(page, false)`` and ``put_page(page)`` (to the head)."""
+    flag), then ``page_remove_rmap(page, false)`` and ``put_page(page)`` (to the head); the entry is
+    ``make_migration_entry(page, pte_write(entry))`` with the soft-dirty bit carried."""
     if pte & _PAGE_DIRTY:
         page["flags"][0] |= 1 << PG_dirty
     page_remove_rmap_pte(page, i, events)
     page["_count"][0] -= 1
+    return (pte & (PTE_PFN_MASK | _PAGE_RW | _PAGE_SOFT_DIRTY)) | _PAGE_VMS_MIGRATION
 
 
 @njit(cache=True)
@@ -155,6 +211,36 @@ def split_recheck_ok(mapcount, count):
 def split_recheck_bug(mapcount, count):
     """4.5's ``BUG()`` branch: a mapping left that the freeze did not find (DEBUG_VM)."""
     return mapcount != 0
+
+
+@njit(cache=True, inline="always")
+def count_split(ok, events):
+    """``count_vm_event(!ret ? THP_SPLIT_PAGE : THP_SPLIT_PAGE_FAILED)``."""
+    events[EV_THP_SPLIT_PAGE if ok else EV_THP_SPLIT_PAGE_FAILED] += 1
+
+
+@njit(cache=True, inline="always")
+def debugfs_split_skips(page):
+    """4.5's debugfs ``split_huge_pages`` (split_huge_pages_set()) tries every THP it finds."""
+    return False
+
+
+@njit(cache=True, inline="always")
+def deferred_split_should_split(page, events):
+    """4.5 ``deferred_split_scan()`` splits every THP it takes off the queue."""
+    return 1
+
+
+@njit(cache=True, inline="always")
+def deferred_split_requeue(page, did_split):
+    """4.5: ``list_splice_tail(&list, &pgdata->split_queue)``: a THP not split is put back."""
+    return True
+
+
+@njit(cache=True, inline="always")
+def folio_maybe_mapped_shared(page):
+    """Not in 4.5 (MADV_COLD is v5.4): ``total_mapcount() > 1``, never reached."""
+    return folio_mapcount(page) > 1
 
 
 @njit(cache=True, inline="always")

@@ -9,12 +9,14 @@ import numpy as np
 from numba import njit
 
 from vmstate.kernels.constants import (
-    C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, HPAGE_PMD_NR, PG_dirty, PG_hwpoison, PG_lru,
-    PTE_PFN_MASK, PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
-    _PAGE_VMS_MIGRATION,
+    C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, EBUSY, EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PAGE,
+    EV_THP_SPLIT_PAGE_FAILED, HPAGE_PMD_NR, PG_dirty, PG_hwpoison, PG_lru, PTE_PFN_MASK,
+    PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
+    _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION,
 )
-from vmstate.kernels.mapcount import page_mapcount
-from vmstate.kernels.refcount import drop_mapcount_offset
+from vmstate.kernels.mapcount import page_mapcount, total_mapcount
+from vmstate.kernels.refcount import population_folio_v4 as population_folio  # noqa: F401
+from vmstate.kernels.refcount import drop_mapcount_offset, page_remove_rmap_pte
 
 NAME = "v5"
 
@@ -32,7 +34,13 @@ def mapcount_offset_for(page, pmd_maps, pte_maps):
 
 
 @njit(cache=True, inline="always")
-def page_add_new_anon_rmap(page):
+def folio_mapcount(page):
+    """v5 ``total_mapcount()``."""
+    return total_mapcount(page["_mapcount"], page["compound_mapcount"], mapcount_offset(page))
+
+
+@njit(cache=True, inline="always")
+def page_add_new_anon_rmap(page, mm_id):
     """v5 ``page_add_new_anon_rmap(page, vma, address, true)``: compound_mapcount 1 (raw 0) and the
     offset on every subpage (``atomic_set(&page[i]._mapcount, 0)``)."""
     page["compound_mapcount"] = 0
@@ -42,7 +50,43 @@ def page_add_new_anon_rmap(page):
 
 
 @njit(cache=True, inline="always")
-def page_remove_anon_compound_rmap(page, events):
+def count_deferred_split(events, n):
+    """``count_vm_event(THP_DEFERRED_SPLIT_PAGE)`` per THP."""
+    events[EV_THP_DEFERRED_SPLIT_PAGE] += n
+
+
+@njit(cache=True, inline="always")
+def count_thp_faults(events, n):
+    """``count_vm_event(THP_FAULT_ALLOC)`` per THP."""
+    events[EV_THP_FAULT_ALLOC] += n
+
+
+NEW_ANON_PAGE_FLAGS = 0
+MADV_COLD_PAGEOUT = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
+MPROTECT_WRITABLE_EXCLUSIVE = False  # private anonymous entries become writable on a write fault
+
+
+@njit(cache=True, inline="always")
+def page_dup_anon_rmap_pmd(page, mm_id):
+    """v5 ``page_dup_rmap(page, true)``: one more compound mapping."""
+    page["compound_mapcount"] += 1
+
+
+@njit(cache=True, inline="always")
+def page_dup_anon_rmap_pte(page, i, mm_id):
+    """``page_dup_rmap(page + i, false)``: one more PTE mapping of the page."""
+    page["_mapcount"][i] += 1
+
+
+@njit(cache=True, inline="always")
+def page_remove_rmap_ptes(page, lo, hi, mm_id, events):
+    """``page_remove_rmap(page + i, false)`` for each page of the batch, in order."""
+    for i in range(lo, hi):
+        page_remove_rmap_pte(page, i, events)
+
+
+@njit(cache=True, inline="always")
+def page_remove_anon_compound_rmap(page, mm_id, events):
     """v5 ``page_remove_rmap(page, true)``: the last compound mapping drops the offset from every
     subpage, and a subpage reaching -1 (no PTE maps it) queues the THP for deferred split."""
     page["compound_mapcount"] -= 1
@@ -52,7 +96,7 @@ def page_remove_anon_compound_rmap(page, events):
 
 
 @njit(cache=True, inline="always")
-def split_huge_pmd_counts(page, freeze, events):
+def split_huge_pmd_counts(page, freeze, mm_id, events):
     """v5: the PMD's reference becomes 512 PTE references; its compound mapping goes, and every
     subpage gains a PTE mapping unless this was the last PMD (whose offset becomes it). A freeze
     changes nothing more: migration entries keep mapping and reference."""
@@ -66,15 +110,27 @@ def split_huge_pmd_counts(page, freeze, events):
     page["_count"][0] += HPAGE_PMD_NR - 1
 
 
-SPLIT_PMD_PTE_DIRTY = _PAGE_DIRTY  # v5 makes every PTE dirty
+@njit(cache=True, inline="always")
+def split_pmd_pte_bits(page, entry, freeze):
+    """v5 ``__split_huge_pmd_locked()``: ``make_migration_entry(page + i, write)`` with ``freeze``;
+    else mk_pte + maybe_mkwrite, pte_wrprotect unless write, pte_mkold unless young, and every PTE
+    dirty (soft-dirty is not carried)."""
+    write = entry & _PAGE_RW
+    if freeze:
+        return _PAGE_VMS_MIGRATION | write
+    return _PAGE_PRESENT | _PAGE_DIRTY | write | (entry & _PAGE_ACCESSED)
+
+
 SPLIT_PMD_SETS_PAGE_DIRTY = False
 FREEZE_FROM_VM_START = False       # the seed walks all 512 PTEs of the table
+SPLIT_PINNED = -EBUSY
 
 
 @njit(cache=True, inline="always")
-def freeze_pte_counts(page, i, pte, events):
-    """v5: a migration entry keeps the mapping and the reference; nothing changes."""
-    return
+def freeze_pte(page, i, pte, mm_id, events):
+    """v5 ``freeze_page_vma()``: ``make_migration_entry(page, pte_write(entry))``, soft-dirty carried
+    to the swap pte; the entry keeps the mapping and the reference: no count changes."""
+    return (pte & (PTE_PFN_MASK | _PAGE_RW | _PAGE_SOFT_DIRTY)) | _PAGE_VMS_MIGRATION
 
 
 @njit(cache=True)
@@ -133,6 +189,36 @@ def split_recheck_ok(mapcount, count):
 def split_recheck_bug(mapcount, count):
     """The seed's ``BUG()``: ``mapcount > page_count - 1``."""
     return mapcount > count - 1
+
+
+@njit(cache=True, inline="always")
+def count_split(ok, events):
+    """``count_vm_event(ret ? THP_SPLIT_PAGE_FAILED : THP_SPLIT_PAGE)``."""
+    events[EV_THP_SPLIT_PAGE if ok else EV_THP_SPLIT_PAGE_FAILED] += 1
+
+
+@njit(cache=True, inline="always")
+def debugfs_split_skips(page):
+    """The seed's debugfs tries every THP."""
+    return False
+
+
+@njit(cache=True, inline="always")
+def deferred_split_should_split(page, events):
+    """v5 26/28 ``deferred_split_scan()`` splits every THP on the queue."""
+    return 1
+
+
+@njit(cache=True, inline="always")
+def deferred_split_requeue(page, did_split):
+    """v5 26/28: ``list_splice_tail()`` puts back every THP the split left on the list."""
+    return True
+
+
+@njit(cache=True, inline="always")
+def folio_maybe_mapped_shared(page):
+    """Not in v5 (MADV_COLD is v5.4): ``total_mapcount() > 1``, never reached."""
+    return folio_mapcount(page) > 1
 
 
 @njit(cache=True, inline="always")

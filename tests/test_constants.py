@@ -103,12 +103,13 @@ TABLE = [
     # include/uapi/asm-generic/errno-base.h
     ("EBUSY", 16, f"{V4_0} include/uapi/asm-generic/errno-base.h: #define EBUSY 16"),
     # vmstate's enumerations
-    ("VARIANTS", ("v5", "v4.5"), f"{VMSTATE}: variant names (vmstate.kernels.variants builds each)"),
+    ("VARIANTS", ("v5", "v4.5", "6.18"), f"{VMSTATE}: variant names (vmstate.kernels.variants builds each)"),
     ("SPLIT_OK", 0, f"{VMSTATE}: split result"),
     ("SPLIT_FAIL_ANON_VMA", 1, f"{VMSTATE}: split result"),
     ("SPLIT_FAIL_PRECHECK", 2, f"{VMSTATE}: split result"),
     ("SPLIT_FAIL_RECHECK", 3, f"{VMSTATE}: split result"),
     ("SPLIT_BUG", 4, f"{VMSTATE}: split result"),
+    ("SPLIT_NOT_TRIED", 5, f"{VMSTATE}: split result"),
     ("RACE_NONE", 0, f"{VMSTATE}: race point"),
     ("RACE_AFTER_PRECHECK", 1, f"{VMSTATE}: race point"),
     ("RACE_AFTER_FREEZE", 2, f"{VMSTATE}: race point"),

@@ -42,7 +42,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
     t0 = time.perf_counter()
     state = initial_state if initial_state is not None else _initial_state(scenario, validate)
     seconds = {"population": time.perf_counter() - t0}
-    splits, snapshots, summaries, split_results = [], {}, {}, []
+    splits, shrinks, snapshots, summaries, split_results = [], [], {}, {}, []
     for op in scenario.ops:
         t0 = time.perf_counter()
         try:
@@ -55,6 +55,11 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
                 split_results.append((op.index, op.fields["mm"], res))
                 splits.append({"op": op.index, "mm": op.fields["mm"], "attempted": int(res.attempted),
                                "succeeded": int(res.succeeded), "failed": int(res.failed)})
+            elif op.op == "shrink":
+                res = _apply(state, op)
+                shrinks.append({"op": op.index, "queued": len(res.heads),
+                                "attempted": int(res.attempted), "succeeded": int(res.succeeded),
+                                "failed": int(res.failed)})
             else:
                 _apply(state, op)
             seconds[f"op {op.index}"] = time.perf_counter() - t0
@@ -68,6 +73,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
                **({"mthp_stats": state.mthp_stats} if VARIANT_MTHP_STATS[scenario.variant] else {}),
                "costs": {k: int(v) for k, v in state.costs.items()},
                "splits": splits,
+               **({"shrinks": shrinks} if shrinks else {}),
                "snapshots": summaries}
     if getattr(state, "capture_report", None) is not None:
         summary["from_capture"] = state.capture_report
@@ -138,7 +144,7 @@ def _apply(state, op: Op, seed: int = 0):
     f = op.fields
     match op.op:
         case "mmap":
-            return state.mmap(f["mm"], f["addr"], f["len"], thp=f["thp"])
+            return state.mmap(f["mm"], f["addr"], f["len"], thp=f["thp"], fill=f["fill"])
         case "fork":
             return state.fork(f["mm"], f["child"])
         case "exit":
@@ -151,7 +157,10 @@ def _apply(state, op: Op, seed: int = 0):
             # the racing pins' THPs come from the scenario's seed and this op's index
             race = dataclasses.replace(f["race"], seed=[seed, op.index])
             return state.split(f["mm"], f["addr"], f["len"], race=race)
-        case "munmap" | "madvise_dontneed" | "pin" | "unpin" | "split":
+        case "shrink":
+            return state.shrink()
+        case ("munmap" | "madvise_dontneed" | "madvise_cold" | "madvise_pageout" | "pin" | "unpin"
+              | "split"):
             return getattr(state, op.op)(f["mm"], f["addr"], f["len"])
     raise AssertionError(f"op {op.op!r} passed load_scenario() but has no MemoryState call")
 

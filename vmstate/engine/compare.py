@@ -14,11 +14,18 @@ def dump_state(state) -> dict:
     pfns = state.allocated_pfns()
     b, i = pfns // N, pfns % N
     mapping, index = state.page_mapping_index()
+    data = (a["data"][b, i >> 6] >> (i & 63).astype(np.uint64)) & np.uint64(1)
     cols = zip(pfns.tolist(), a["flags"][b, i].tolist(), a["_count"][b, i].tolist(),
-               a["_mapcount"][b, i].tolist(), mapping[b, i].tolist(), index[b, i].tolist())
-    pages = {p: (f, c, m, mp, ix) for p, f, c, m, mp, ix in cols}
+               a["_mapcount"][b, i].tolist(), mapping[b, i].tolist(), index[b, i].tolist(),
+               data.tolist())
+    pages = {p: (f, c, m, mp, ix, d) for p, f, c, m, mp, ix, d in cols}
     heads = np.flatnonzero(a["flags"][:, 0] & (1 << PG_head))
     compound = {int(h) * N: int(a["compound_mapcount"][h]) for h in heads}
+    folio = {int(h) * N: (int(a["_large_mapcount"][h]), int(a["_nr_pages_mapped"][h]),
+                          int(a["_mm_id"][h, 0]), int(a["_mm_id"][h, 1]),
+                          int(a["_mm_id_mapcount"][h, 0]), int(a["_mm_id_mapcount"][h, 1]),
+                          int(a["_mm_ids_shared"][h]), int(a["partially_mapped"][h]))
+             for h in heads}
     deferred = sorted(int(h) * N for h in np.flatnonzero(a["deferred"]))
     pmds, ptes, vmas = {}, {}, {}
     for mm in state.mms.values():
@@ -33,8 +40,9 @@ def dump_state(state) -> dict:
                 table = state.ptes[int(state.pte_table[row])]
                 for k in np.flatnonzero(table):
                     ptes[(mm.name, haddr + (int(k) << 12))] = int(table[k])
-    return {"pages": pages, "compound_mapcount": compound, "deferred": deferred, "pmds": pmds,
-            "ptes": ptes, "vmas": vmas, "vm_events": state.vm_events, "costs": state.costs}
+    return {"pages": pages, "compound_mapcount": compound, "folio": folio, "deferred": deferred,
+            "pmds": pmds, "ptes": ptes, "vmas": vmas, "vm_events": state.vm_events,
+            "mthp_stats": state.mthp_stats, "costs": state.costs}
 
 
 def diff_dumps(a: dict, b: dict, limit=10) -> list[str]:

@@ -19,7 +19,15 @@ PAGE_BLOCK_DTYPE = np.dtype([
     ("index", np.uint64),                # page->index of frame 0 (frame i: index + i, tails: 0)
     ("alloc_start", np.uint16),          # frames [alloc_start, alloc_end) were ever allocated
     ("alloc_end", np.uint16),
-    ("deferred", np.uint8),              # on the deferred split queue (v5 26/28)
+    ("deferred", np.uint8),              # on the deferred split queue (v5 26/28; 6.18 _deferred_list)
+    # 6.18 folio fields (docs/variant-6.18.md), raw; initial values in v5 and v4.5
+    ("_large_mapcount", np.int32),       # every mapping of the folio, -1 based
+    ("_nr_pages_mapped", np.int32),      # pages mapped by PTEs + ENTIRELY_MAPPED while PMD-mapped
+    ("_mm_id", np.int32, (2,)),          # the two MM slots (MM_ID_DUMMY = free)
+    ("_mm_id_mapcount", np.int32, (2,)), # each slot's mappings, -1 based
+    ("_mm_ids_shared", np.uint8),        # FOLIO_MM_IDS_SHARED_BIT
+    ("partially_mapped", np.uint8),      # PG_partially_mapped
+    ("data", np.uint64, (N // 64,)),     # page content, every variant: bit i = page i holds data
 ], align=True)
 
 PMD_DTYPE = np.dtype([

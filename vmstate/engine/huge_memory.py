@@ -16,7 +16,7 @@ import numpy as np
 from vmstate.kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, COSTS, HPAGE_PMD_NR, HPAGE_PMD_SIZE,
     PAGE_SHIFT, PAGE_SIZE, RACE_NONE, RACE_POINTS, SPLIT_BUG, SPLIT_FAIL_ANON_VMA,
-    SPLIT_FAIL_PRECHECK, SPLIT_OK, N_EVENTS, VM_EVENTS, VM_WRITE, _PAGE_PSE,
+    SPLIT_FAIL_PRECHECK, SPLIT_NOT_TRIED, SPLIT_OK, N_EVENTS, VM_EVENTS, VM_WRITE, _PAGE_PSE,
 )
 from vmstate.kernels.pagewalk import follow_thps
 from vmstate.engine.checks import check_range, live_mm, vmas_in
@@ -49,7 +49,8 @@ class SplitResult:
 
     @property
     def attempted(self):
-        return len(self.heads)
+        """THPs whose split was tried (the shrinker leaves some alone: ``SPLIT_NOT_TRIED``)."""
+        return int((self.reason != SPLIT_NOT_TRIED).sum())
 
     @property
     def succeeded(self):
@@ -142,11 +143,14 @@ class Race:
         return pin, unpin
 
 
-def split_thps(state, thps, *, race: Race | None = None, mm=None) -> SplitResult:
+def split_thps(state, thps, *, race: Race | None = None, mm=None, debugfs=False,
+               shrinker=False) -> SplitResult:
     """``get_page``, lock, ``split_huge_page_to_list(head, NULL)``, unlock, ``put_page`` for each THP
     (block numbers), each split whole on its own prange iteration; raises CorruptState on the
     kernel's BUG() path. ``race``: racing pins (:class:`Race`); a pin that stays is recorded as a
-    pin of ``mm``."""
+    pin of ``mm``. ``debugfs``: as debugfs ``split_huge_pages`` does it (6.18 passes over a folio
+    ``can_split_folio(folio, 0)`` refuses); ``shrinker``: as the variant's ``deferred_split_scan()``
+    does it (a THP it leaves alone has reason ``SPLIT_NOT_TRIED``)."""
     seconds = {}
     t0 = time.perf_counter()
     ptr, rows, lo, hi, write = rmap_arrays(state, thps)
@@ -161,8 +165,13 @@ def split_thps(state, thps, *, race: Race | None = None, mm=None) -> SplitResult
     costs = np.zeros((n, len(COSTS)), np.int64)
     events = np.zeros((n, N_EVENTS), np.int64)
     t0 = time.perf_counter()
-    state.k.split_huge_pages(thps, ptr, rows, lo, hi, write, state.blocks.a, state.pmds.a,
-                             state.tables.a, ret, reason, costs, events, bugs, race_pin, race_unpin)
+    if shrinker:
+        state.k.deferred_split_scan(thps, ptr, rows, lo, hi, write, state.blocks.a, state.pmds.a,
+                                    state.tables.a, ret, reason, costs, events, bugs)
+    else:
+        state.k.split_huge_pages(thps, ptr, rows, lo, hi, write, state.blocks.a, state.pmds.a,
+                                 state.tables.a, ret, reason, costs, events, bugs, race_pin,
+                                 race_unpin, debugfs)
     seconds["split"] = time.perf_counter() - t0
     _raise_bug(thps, reason, bugs[:, 1:], state, costs, events)
     _reduce(state, costs, events)
@@ -244,4 +253,12 @@ def split(state, mm, addr, length, race: Race | None = None) -> SplitResult:
         race.check()
     if not vmas_in(m, addr, end):
         raise BadInput(f"0x{addr:x}-0x{end:x} overlaps no mapping of process {mm!r}", field="addr")
-    return split_thps(state, thps_mapped(state, m, addr, end), race=race, mm=mm)
+    return split_thps(state, thps_mapped(state, m, addr, end), race=race, mm=mm, debugfs=True)
+
+
+def shrink(state) -> SplitResult:
+    """The ``shrink`` op: memory pressure runs the deferred-split shrinker over its whole queue
+    (``echo 2 > /proc/sys/vm/drop_caches``), the variant's ``deferred_split_scan()``: one pass, in
+    queue order (every split is its THP's own, so the order changes nothing but speed)."""
+    return split_thps(state, np.flatnonzero(state.blocks.a["deferred"]).astype(np.int64),
+                      shrinker=True)

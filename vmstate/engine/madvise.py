@@ -1,8 +1,17 @@
-"""``madvise()``, as in ``mm/madvise.c``."""
+"""``madvise()``, as in ``mm/madvise.c``: MADV_DONTNEED, and 6.18's MADV_COLD and MADV_PAGEOUT."""
 from __future__ import annotations
 
+import numpy as np
+
 from vmstate.engine.checks import check_range, live_mm, require_mapped, vmas_in
-from vmstate.engine.memory import zap_page_range
+from vmstate.engine.huge_memory import split_thps
+from vmstate.engine.memory import slots, zap_page_range
+from vmstate.errors import BadInput
+from vmstate.kernels.constants import (
+    EV_MTHP_SWPOUT_FALLBACK, EV_THP_SWPOUT_FALLBACK, HPAGE_PMD_NR, SPLIT_OK,
+)
+
+ADVICE = {"madvise_cold": "MADV_COLD", "madvise_pageout": "MADV_PAGEOUT"}
 
 
 def madvise_dontneed(state, mm, addr, length):
@@ -12,3 +21,66 @@ def madvise_dontneed(state, mm, addr, length):
     require_mapped(m, addr, end)
     for vma in vmas_in(m, addr, end):
         zap_page_range(state, m, max(addr, vma.vm_start), min(end, vma.vm_end))
+
+
+def madvise_cold(state, mm, addr, length):
+    """``madvise(MADV_COLD)``: :func:`madvise_cold_or_pageout`."""
+    madvise_cold_or_pageout(state, mm, addr, length, pageout=False)
+
+
+def madvise_pageout(state, mm, addr, length):
+    """``madvise(MADV_PAGEOUT)``: :func:`madvise_cold_or_pageout`."""
+    madvise_cold_or_pageout(state, mm, addr, length, pageout=True)
+
+
+def madvise_cold_or_pageout(state, mm, addr, length, *, pageout):
+    """``madvise_cold_or_pageout_pte_range()`` over each VMA's part of the range (the variant's
+    kernels of :mod:`vmstate.kernels.madvise`): the large folios the range covers in part are
+    split unless possibly mapped by another process; with ``pageout``, reclaim without swap splits
+    each exclusive large folio it gets whole (``thp_swpout_fallback``) unless an extra reference
+    keeps it (``can_split_folio()``), and every page stays mapped."""
+    op = "madvise_pageout" if pageout else "madvise_cold"
+    if not state.k.MADV_COLD_PAGEOUT:
+        raise BadInput(f"op '{op}' does not exist in variant {state.variant!r} ({ADVICE[op]} is "
+                       f"Linux 5.4+; use variant '6.18')", field="op")
+    m = live_mm(state, mm)
+    end = check_range(addr, length)
+    require_mapped(m, addr, end)
+    for vma in vmas_in(m, addr, end):
+        haddr, lo, hi = slots(max(addr, vma.vm_start), min(end, vma.vm_end))
+        rows = m.lookup_pmds(haddr)
+        cap = len(rows) * HPAGE_PMD_NR
+        split, reclaim = np.empty(cap, np.int64), np.empty(cap, np.int64)
+        ns, nr = state.k.madvise_cold_candidates(rows, lo, hi, state.pmds.a, state.tables.a,
+                                                 state.blocks.a, pageout, split, reclaim)
+        if ns:
+            split_thps(state, _once(split[:ns]))
+        if nr:
+            shrink_folio_list(state, _once(reclaim[:nr]))
+        state.k.madvise_cold_apply(rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a,
+                                   pageout)
+
+
+def _once(blocks):
+    """Each block once, in first-seen order."""
+    _, first = np.unique(blocks, return_index=True)
+    return blocks[np.sort(first)]
+
+
+def shrink_folio_list(state, thps):
+    """``reclaim_pages()`` → ``shrink_folio_list()`` of large folios with no swap to go to: one that
+    ``can_split_folio(folio, 1)`` refuses (a reference besides its mappings and reclaim's own)
+    is activated; a partially mapped one is split first (``split_folio_to_list()``); any other
+    fails ``folio_alloc_swap()`` and is split, counting ``thp_swpout_fallback`` and mthp
+    ``swpout_fallback``. The small folios left are activated, still mapped."""
+    a = state.blocks.a
+    pinned = np.array([state.k.folio_mapcount(a[b]) != a["_count"][b, 0] for b in thps.tolist()],
+                      bool)
+    thps = thps[~pinned]
+    if not len(thps):
+        return
+    partially = a["partially_mapped"][thps] != 0
+    res = split_thps(state, thps)
+    fallback = int(((res.reason == SPLIT_OK) & ~partially).sum())
+    state.events[EV_THP_SWPOUT_FALLBACK] += fallback
+    state.events[EV_MTHP_SWPOUT_FALLBACK] += fallback

@@ -6,9 +6,8 @@ import numba
 import numpy as np
 
 from vmstate.engine.mm_types import Mm
-from vmstate.kernels import memory as k_memory
 from vmstate.kernels.constants import (
-    EV_THP_FAULT_ALLOC, HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, _PAGE_PRESENT, _PAGE_PSE,
+    HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, _PAGE_PRESENT, _PAGE_PSE,
 )
 
 N = HPAGE_PMD_NR
@@ -22,23 +21,25 @@ def slots(start, end):
     return haddr, lo, hi
 
 
-def do_anonymous_fault(state, mm: Mm, start: int, end: int, anon_vma: int, thp: bool):
+def do_anonymous_fault(state, mm: Mm, start: int, end: int, anon_vma: int, thp: bool,
+                       data: bool = True):
     """A write fault on every page of the new VMA ``[start, end)``, all slots at once: blocks handed
     out in address order, ``do_huge_pmd_anonymous_page()`` for every aligned 2 MiB of a THP VMA
-    (a huge PMD each), ``do_anonymous_page()`` for the pages of the other slots."""
+    (a huge PMD each), ``do_anonymous_page()`` for the pages of the other slots; the pages written
+    with data (``data``) or zeros."""
     haddr, lo, hi = slots(start, end)
     huge = (lo == 0) & (hi == N) if thp else np.zeros(len(haddr), bool)
     b = state.alloc_blocks(anon_vma, haddr >> PAGE_SHIFT, np.where(huge, 0, lo), np.where(huge, N, hi))
     if huge.any():
         rows = state.pmd_rows(mm, haddr[huge])
-        state.k.do_huge_pmd_anonymous_pages(state.blocks.a, b[huge], state.pmds.a, rows)
-        state.events[EV_THP_FAULT_ALLOC] += int(huge.sum())
+        state.k.do_huge_pmd_anonymous_pages(state.blocks.a, b[huge], state.pmds.a, rows, data)
+        state.k.count_thp_faults(state.events, int(huge.sum()))
     small = ~huge
     if small.any():
         rows = state.pmd_rows(mm, haddr[small])
         state.table_rows(rows)
-        k_memory.do_anonymous_pages(state.blocks.a, b[small], lo[small], hi[small], state.pmds.a,
-                                    rows, state.tables.a)
+        state.k.do_anonymous_pages(state.blocks.a, b[small], lo[small], hi[small], state.pmds.a,
+                                   rows, state.tables.a, data)
 
 
 def zap_page_range(state, mm: Mm, start: int, end: int):
@@ -74,4 +75,4 @@ def copy_page_range(state, dst: Mm, src: Mm, vma):
     dst_rows = state.pmd_rows(dst, haddr)  # two VMAs of the parent may share a slot
     table = (entry[copy] & np.uint64(_PAGE_PSE)) == 0
     state.table_rows(dst_rows[table])
-    k_memory.copy_pmd_range(rows, dst_rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a)
+    state.k.copy_pmd_range(rows, dst_rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a)

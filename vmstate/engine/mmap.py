@@ -51,12 +51,15 @@ def isolate(state, mm, start, end):
     return inside
 
 
-def mmap(state, mm, addr, length, thp=True):
-    """MAP_PRIVATE|MAP_ANONYMOUS (+ MADV_HUGEPAGE) at ``addr``, every page faulted in by a write: a
-    THP for every aligned 2 MiB when ``thp``, small pages elsewhere."""
+def mmap(state, mm, addr, length, thp=True, fill="data"):
+    """MAP_PRIVATE|MAP_ANONYMOUS (+ MADV_HUGEPAGE) at ``addr``, every page faulted in by a write of
+    data (``fill = "data"``) or of zeros (``"zero"``): a THP for every aligned 2 MiB when ``thp``,
+    small pages elsewhere."""
     end = check_range(addr, length)
     if not isinstance(thp, bool):
         raise BadInput(f"expected true or false, got {thp!r}", field="thp")
+    if fill not in ("data", "zero"):
+        raise BadInput(f'expected "data" or "zero", got {fill!r}', field="fill")
     m = state.mms.get(mm)
     if m is not None:
         live_mm(state, mm)
@@ -71,7 +74,7 @@ def mmap(state, mm, addr, length, thp=True):
     state.anon_vmas.append([])
     flags = VM_ANON_DEFAULT | (VM_HUGEPAGE if thp else 0)
     add_vma(state, m, Vma(m, addr, end, addr >> PAGE_SHIFT, flags, anon_vma))
-    do_anonymous_fault(state, m, addr, end, anon_vma, thp)
+    do_anonymous_fault(state, m, addr, end, anon_vma, thp, fill == "data")
 
 
 def munmap(state, mm, addr, length):

@@ -5,7 +5,6 @@ from vmstate.engine.checks import check_range, live_mm, require_mapped, vmas_in
 from vmstate.engine.memory import slots
 from vmstate.engine.mmap import isolate
 from vmstate.errors import BadInput
-from vmstate.kernels import memory as k_memory
 from vmstate.kernels.constants import VM_WRITE
 
 
@@ -24,11 +23,13 @@ def mprotect(state, mm, addr, length, prot):
             continue
         (vma,) = isolate(state, m, max(addr, vma.vm_start), min(end, vma.vm_end))
         vma.vm_flags = (vma.vm_flags & ~VM_WRITE) | want
-        change_protection(state, m, vma.vm_start, vma.vm_end)
+        change_protection(state, m, vma.vm_start, vma.vm_end, bool(want))
 
 
-def change_protection(state, mm, start, end):
+def change_protection(state, mm, start, end, writable=False):
     """Clear the write bit of every present entry in ``[start, end)`` (``change_pmd_range()``, one
-    kernel call)."""
+    kernel call); to a writable VMA, the variant's ``MM_CP_TRY_CHANGE_WRITABLE`` may make some
+    entries writable at once (6.18: PageAnonExclusive pages)."""
     haddr, lo, hi = slots(start, end)
-    k_memory.change_pmd_range(mm.lookup_pmds(haddr), lo, hi, state.pmds.a, state.tables.a)
+    state.k.change_pmd_range(mm.lookup_pmds(haddr), lo, hi, state.pmds.a, state.tables.a,
+                             state.blocks.a, writable)

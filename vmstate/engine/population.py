@@ -38,12 +38,12 @@ import numpy as np
 
 from vmstate.kernels.constants import (
     ANON_FAULT_FLAGS, C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_WRITE, C_TLB_FLUSH,
-    EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PMD, HPAGE_PMD_NR,
+    EV_THP_SPLIT_PMD, HPAGE_PMD_NR,
     HPAGE_PMD_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_dirty, PG_head, PG_tail, PTE_PFN_SHIFT,
     VM_ANON_DEFAULT,
     VM_HUGEPAGE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
 )
-from vmstate.kernels.pmd import populate_pte_tables, zap_mapcounts
+from vmstate.kernels.pmd import FAULT_ENTRY, populate_pte_tables, zap_mapcounts
 from vmstate.engine.mm_types import Mm, Pin, Vma
 from vmstate.engine.memory_estimate import MemoryEstimate, check_fits, estimate
 from vmstate.engine.state import MemoryState
@@ -233,7 +233,11 @@ def build_population(state, pop: Population, seed: int):
     blocks["_mapcount"][:] = (T - 1 + offset)[:, None]
     zap_rows = np.flatnonzero(d.partial)
     zap_mapcounts(state.blocks.a, b0 + zap_rows, d.offset[zap_rows].astype(np.int64), k)
-    blocks["compound_mapcount"] = P - 1
+    counted = np.empty(n, np.int64)
+    state.k.set_population_folios(state.blocks.a, b0, P.astype(np.int64), T.astype(np.int64),
+                                  m.astype(np.int64), d.partial, d.pte, counted)
+    blocks = state.blocks.a[b0:]
+    blocks["data"] = np.uint64(0xFFFFFFFFFFFFFFFF)  # every page written with data (mmap's default)
     blocks["_count"][:, 1:] = 0
     blocks["_count"][:, 0] = P + N * T - k * d.partial + pop.pins * d.pinned
     blocks["mapping"] = np.where(np.arange(n) < s, 0, 1 if s else 0)
@@ -241,7 +245,6 @@ def build_population(state, pop: Population, seed: int):
     blocks["index"] = haddr >> PAGE_SHIFT
     blocks["alloc_start"] = 0
     blocks["alloc_end"] = N
-    blocks["deferred"] = d.partial & (m == 1)
     heads = (b0 + np.arange(n, dtype=np.int64)) * N
 
     # Processes and VMAs: two anon_vmas at most (shared run, exclusive run).
@@ -267,7 +270,8 @@ def build_population(state, pop: Population, seed: int):
     # Page tables. copy_huge_pmd write-protected the parent's shared PMDs and made the child's old.
     # Split PMDs' PTEs get the variant's dirty bit (v5 makes them dirty); where it sets the head's
     # PG_dirty instead (4.5), the PMDs split were dirty (a write fault's).
-    dirty = state.k.SPLIT_PMD_PTE_DIRTY
+    dirty = int(state.k.split_pmd_pte_bits(state.blocks.a[0], np.uint64(FAULT_ENTRY | _PAGE_PSE), False)
+                & _PAGE_DIRTY)
     if state.k.SPLIT_PMD_SETS_PAGE_DIRTY:
         blocks["flags"][:, 0] |= np.where(d.pte | d.partial, 1 << PG_dirty, 0).astype(np.uint32)
     young_parent = _PAGE_PRESENT | _PAGE_ACCESSED | dirty
@@ -280,9 +284,9 @@ def build_population(state, pop: Population, seed: int):
                      _PAGE_PRESENT | _PAGE_DIRTY, d.pte[:s])
 
     splits = int((d.pte * m).sum() + (d.partial & ~d.pte).sum())
-    state.events[EV_THP_FAULT_ALLOC] += n
+    state.k.count_thp_faults(state.events, n)
     state.events[EV_THP_SPLIT_PMD] += splits
-    state.events[EV_THP_DEFERRED_SPLIT_PAGE] += int(blocks["deferred"].sum())
+    state.k.count_deferred_split(state.events, int(counted.sum()))
     for c in (C_PMD_LOCK, C_MMU_NOTIFIER, C_TLB_FLUSH):
         state.cost_counters[c] += splits
     state.cost_counters[C_PTE_WRITE] += splits * N

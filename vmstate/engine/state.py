@@ -52,9 +52,9 @@ class MemoryState:
         self.validate_after_ops = False
 
     # ---- the operations (``../shared/spec/SCENARIOS.md``) ----------------------------------------
-    def mmap(self, mm, addr, length, thp=True):
+    def mmap(self, mm, addr, length, thp=True, fill="data"):
         """:func:`vmstate.engine.mmap.mmap`"""
-        self._after(_mmap.mmap(self, mm, addr, length, thp))
+        self._after(_mmap.mmap(self, mm, addr, length, thp, fill))
 
     def fork(self, mm, child):
         """:func:`vmstate.engine.fork.dup_mmap`"""
@@ -84,6 +84,18 @@ class MemoryState:
         """:func:`vmstate.engine.gup.unpin`"""
         self._after(gup.unpin(self, mm, addr, length))
 
+    def madvise_cold(self, mm, addr, length):
+        """:func:`vmstate.engine.madvise.madvise_cold` (6.18)"""
+        self._after(madvise.madvise_cold(self, mm, addr, length))
+
+    def madvise_pageout(self, mm, addr, length):
+        """:func:`vmstate.engine.madvise.madvise_pageout` (6.18)"""
+        self._after(madvise.madvise_pageout(self, mm, addr, length))
+
+    def shrink(self) -> huge_memory.SplitResult:
+        """:func:`vmstate.engine.huge_memory.shrink`"""
+        return self._after(huge_memory.shrink(self))
+
     def split_pmd(self, mm, addr):
         """:func:`vmstate.engine.huge_memory.split_pmd`"""
         self._after(huge_memory.split_pmd(self, mm, addr))
@@ -104,8 +116,15 @@ class MemoryState:
 
     @property
     def mthp_stats(self) -> dict:
-        """The hugepages-2048kB/stats counters (6.18; zeros in v5 and v4.5)."""
-        return {name: int(v) for name, v in zip(MTHP_STATS, self.events[len(VM_EVENTS):])}
+        """The hugepages-2048kB/stats counters (6.18; zeros in v5 and v4.5). The gauges
+        ``nr_anon`` and ``nr_anon_partially_mapped`` are read from the state: the THPs there are,
+        and those with PG_partially_mapped."""
+        a = self.blocks.a
+        out = {name: int(v) for name, v in zip(MTHP_STATS, self.events[len(VM_EVENTS):])}
+        if self.k.MADV_COLD_PAGEOUT:  # the variants that have the stats (6.18)
+            out["nr_anon"] = int(((a["flags"][:, 0] & _HEAD) != 0).sum())
+            out["nr_anon_partially_mapped"] = int((a["partially_mapped"] != 0).sum())
+        return out
 
     @property
     def costs(self) -> dict:
@@ -156,6 +175,8 @@ class MemoryState:
         rec = self.blocks.a[b0:]
         rec["_mapcount"] = -1
         rec["compound_mapcount"] = -1
+        rec["_large_mapcount"] = -1
+        rec["_mm_id_mapcount"] = -1
         rec["mapping"] = mapping
         rec["index"] = index
         rec["alloc_start"], rec["alloc_end"] = start, end
