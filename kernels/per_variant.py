@@ -80,6 +80,8 @@ def count_thp_faults(events, n):
     """The counters of ``n`` THP faults (``thp_fault_alloc``; 6.18 also mthp ``anon_fault_alloc``)."""
 
 
+LARGE_FOLIO_FIELDS = _Declared("whether the variant keeps the large-folio fields (_large_mapcount, "
+                               "_nr_pages_mapped, the MM slots: 6.18)")
 MADV_COLD_PAGEOUT = _Declared("whether the variant's kernel has MADV_COLD and MADV_PAGEOUT (v5.4+)")
 MPROTECT_WRITABLE_EXCLUSIVE = _Declared("whether mprotect() to writable makes the entries of "
                                         "PageAnonExclusive pages writable at once (6.18)")

@@ -276,8 +276,8 @@ def main(argv):
         from hypothesis.stateful import run_state_machine_as_test
 
         from programs import machine_settings
-        from test_differential import Differential, DifferentialV45
-        for machine in (Differential, DifferentialV45):
+        from test_differential import Differential, DifferentialV45, DifferentialV618
+        for machine in (Differential, DifferentialV45, DifferentialV618):
             try:
                 run_state_machine_as_test(machine, settings=machine_settings(fuzz, 25))
             except Exception as e:  # noqa: BLE001 - any divergence kills the mutant

@@ -1,6 +1,6 @@
 """Random operation programs for stateful tests: one ``RuleBasedStateMachine`` that drives two models
-with the same ops (mmap, fork, exit, munmap, madvise_dontneed, mprotect, pin, unpin, split_pmd,
-split with racing pins). Subclasses say which two models and what must hold after every step
+with the same ops (mmap with either fill, fork, exit, munmap, madvise_dontneed, madvise_cold,
+madvise_pageout, mprotect, pin, unpin, split_pmd, split with racing pins, shrink). Subclasses say which two models and what must hold after every step
 (``test_differential.py``: engine vs reference; ``test_variants.py``: v5 vs v4.5)."""
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
@@ -116,13 +116,14 @@ class Programs(RuleBasedStateMachine):
         self.alive.append("a")
         self.after_start(thps)
 
-    @rule(data=st.data(), s=slot, off=page_off, n=length_pages, thp=st.booleans())
-    def mmap(self, data, s, off, n, thp):
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages, thp=st.booleans(),
+          fill=st.sampled_from(["data", "data", "zero"]))
+    def mmap(self, data, s, off, n, thp, fill):
         fresh = [x for x in NAMES if x not in self.used]
         # mostly a live process or a new one; sometimes any name (an exited one is bad input)
         pool = st.sampled_from(self.alive + fresh[:1]) if self.alive or fresh else st.sampled_from(NAMES)
         name = data.draw(st.one_of(pool, pool, st.sampled_from(NAMES)))
-        ok, _ = self.both("mmap", name, addr_of(s, off), n * PAGE, thp)
+        ok, _ = self.both("mmap", name, addr_of(s, off), n * PAGE, thp, fill)
         if ok and name not in self.used:
             self.used.add(name)
             self.alive.append(name)
@@ -153,6 +154,20 @@ class Programs(RuleBasedStateMachine):
     def madvise_dontneed(self, data):
         name = data.draw(st.sampled_from(self.alive))
         self.both("madvise_dontneed", name, *(self.live_vma_range(data, name) or (BASE, PAGE)))
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), pageout=st.booleans())
+    def madvise_cold(self, data, pageout):
+        """MADV_COLD or MADV_PAGEOUT (bad input in the variants that predate them)."""
+        name = data.draw(st.sampled_from(self.alive))
+        self.both("madvise_pageout" if pageout else "madvise_cold", name,
+                  *(self.live_vma_range(data, name) or (BASE, PAGE)))
+
+    @rule()
+    def shrink(self):
+        ok, (ra, rb) = self.both("shrink")
+        assert ok
+        assert split_rows(ra) == split_rows(rb)
 
     @precondition(lambda self: self.alive)
     @rule(data=st.data(), prot=st.sampled_from(["r", "rw"]))

@@ -45,12 +45,18 @@ class DifferentialV45(Differential):
     variant = "v4.5"
 
 
-for machine, default in ((Differential, "500"), (DifferentialV45, "300")):
+class DifferentialV618(Differential):
+    """The same programs on Linux 6.18's folio arithmetic (issue 13)."""
+    variant = "6.18"
+
+
+for machine, default in ((Differential, "500"), (DifferentialV45, "300"), (DifferentialV618, "300")):
     machine.TestCase.settings = machine_settings(
         int(os.environ.get("VMSTATE_FUZZ_EXAMPLES", default)),
         int(os.environ.get("VMSTATE_FUZZ_STEPS", "25")))
 TestDifferential = Differential.TestCase
 TestDifferentialV45 = DifferentialV45.TestCase
+TestDifferentialV618 = DifferentialV618.TestCase
 
 
 # ---- edge addresses: engine and reference refuse (or accept) them alike -------------------------
@@ -74,6 +80,8 @@ RANGE_OPS = {
     "unpin": lambda addr, length: ("unpin", "a", addr, length),
     "split": lambda addr, length: ("split", "a", addr, length, None),
     "split_pmd": lambda addr, length: ("split_pmd", "a", addr),
+    "madvise_cold": lambda addr, length: ("madvise_cold", "a", addr, length),
+    "madvise_pageout": lambda addr, length: ("madvise_pageout", "a", addr, length),
 }
 
 
@@ -91,7 +99,7 @@ def _edge_models(variant):
     return models
 
 
-@pytest.mark.parametrize("variant", ["v5", "v4.5"])
+@pytest.mark.parametrize("variant", ["v5", "v4.5", "6.18"])
 @pytest.mark.parametrize("op", sorted(RANGE_OPS))
 def test_edge_addresses_alike(op, variant):
     for addr, length in EDGES:

@@ -121,7 +121,7 @@ class MemoryState:
         and those with PG_partially_mapped."""
         a = self.blocks.a
         out = {name: int(v) for name, v in zip(MTHP_STATS, self.events[len(VM_EVENTS):])}
-        if self.k.MADV_COLD_PAGEOUT:  # the variants that have the stats (6.18)
+        if self.k.LARGE_FOLIO_FIELDS:  # the variant that has the stats (6.18)
             out["nr_anon"] = int(((a["flags"][:, 0] & _HEAD) != 0).sum())
             out["nr_anon_partially_mapped"] = int((a["partially_mapped"] != 0).sum())
         return out

@@ -7,8 +7,8 @@ operation, ``vmstate run --validate`` does too.
 import numpy as np
 
 from vmstate.kernels.constants import (
-    HPAGE_PMD_NR, PG_head, PG_hwpoison, PG_tail, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT,
-    _PAGE_PSE, _PAGE_VMS_MIGRATION,
+    ENTIRELY_MAPPED, HPAGE_PMD_NR, MM_ID_DUMMY, PG_head, PG_hwpoison, PG_tail, PTE_PFN_MASK,
+    PTE_PFN_SHIFT, _PAGE_PRESENT, _PAGE_PSE, _PAGE_SPECIAL, _PAGE_VMS_MIGRATION,
 )
 from vmstate.errors import CorruptState
 
@@ -28,7 +28,8 @@ def _entries(state):
     huge = (pmd & _PAGE_PSE) != 0
     table_rows = rows[((pmd & _PAGE_PRESENT) != 0) & ~huge & (state.pte_table >= 0)]
     tables = state.ptes[state.pte_table[table_rows]] if len(table_rows) else np.zeros((0, N), np.uint64)
-    r, k = np.nonzero(tables)
+    # the zero page's PTEs map no frame of the model
+    r, k = np.nonzero((tables != 0) & ((tables & np.uint64(_PAGE_SPECIAL)) == 0))
     ptes = tables[r, k].astype(np.int64)
     pfn = np.concatenate([(ptes & PTE_PFN_MASK) >> PTE_PFN_SHIFT,
                           (pmd[huge] & PTE_PFN_MASK) >> PTE_PFN_SHIFT])
@@ -141,8 +142,44 @@ def validate_refcounts(state):
               f"_mapcount={int(a['_mapcount'][blk, k])}, expected 0 and -1")
 
 
+def validate_folios(state, entries=None):
+    """6.18's large-folio fields equal what the page tables hold: ``_large_mapcount`` every mapping,
+    ``_nr_pages_mapped`` the PTE-mapped pages (+ ENTIRELY_MAPPED while PMD-mapped), each MM slot its
+    MM's mappings (``include/linux/rmap.h``); migration entries count nowhere (they only exist
+    inside a split)."""
+    pfn, kind, present, rows, offs = entries if entries is not None else _entries(state)
+    a = state.blocks.a
+    nb = state.blocks.n
+    compound = (a["flags"][:, 0] & _HEAD) != 0
+    live = kind != 1
+    blk = pfn[live] // N
+    maps = np.bincount(blk, minlength=nb)[:nb]
+    for b in np.flatnonzero(compound & (a["_large_mapcount"] + 1 != maps))[:1]:
+        _fail("_large_mapcount = every mapping", int(b) * N,
+              f"_large_mapcount raw={int(a['_large_mapcount'][b])}, expected {int(maps[b]) - 1}")
+    pte = live & (kind == 0)
+    ptemapped = np.zeros((nb, N), bool)
+    ptemapped[pfn[pte] // N, pfn[pte] % N] = True
+    pmdmapped = np.bincount(pfn[kind == 2] // N, minlength=nb)[:nb] > 0
+    want = ptemapped.sum(axis=1) + np.where(pmdmapped, ENTIRELY_MAPPED, 0)
+    for b in np.flatnonzero(compound & (a["_nr_pages_mapped"] != want))[:1]:
+        _fail("_nr_pages_mapped = PTE-mapped pages + ENTIRELY_MAPPED", int(b) * N,
+              f"_nr_pages_mapped={int(a['_nr_pages_mapped'][b]):#x}, expected {int(want[b]):#x}")
+    mm_id = state.pmds.a["mm"][rows[live]].astype(np.int64) + 1
+    for slot in range(2):
+        ids = a["_mm_id"][:, slot].astype(np.int64)
+        owned = np.bincount(blk, weights=(mm_id == ids[blk]), minlength=nb)[:nb].astype(np.int64)
+        bad = compound & (ids != MM_ID_DUMMY) & (a["_mm_id_mapcount"][:, slot] + 1 != owned)
+        for b in np.flatnonzero(bad)[:1]:
+            _fail("an MM slot counts its MM's mappings", int(b) * N,
+                  f"_mm_id[{slot}]={int(ids[b])} _mm_id_mapcount raw="
+                  f"{int(a['_mm_id_mapcount'][b, slot])}, expected {int(owned[b]) - 1}")
+
+
 def validate_state(state):
     entries = _entries(state)
     validate_page_tables(state, entries)
     validate_refcounts(state)
     validate_mapcounts(state, entries)
+    if state.k.LARGE_FOLIO_FIELDS:
+        validate_folios(state, entries)
