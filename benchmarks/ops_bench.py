@@ -10,7 +10,11 @@ The program (each size in its own subprocess, so ``peak_rss_bytes`` is that size
 range to "r"; 4. ``pin`` of the parent's whole range; 5. ``unpin``; 6. ``madvise_dontneed`` of the
 first half of the child's range (its huge PMDs zapped whole); 7. ``munmap`` of the child's other
 half; 8. ``split`` of every THP from the parent; 9. ``exit`` of the child;
-10. ``munmap`` of the parent's now-small pages.
+10. ``munmap`` of the parent's now-small pages. With ``--variant 6.18`` also, before the split,
+``madvise_cold`` of the parent's whole range (exclusive again: every huge PMD made old, no split)
+and ``shrink`` (every THP is on the deferred queue since its fault; none is underused: each leaves
+the queue), and after the last op an ``mmap`` of N more THPs and their ``madvise_pageout``
+(reclaim without swap: every THP split, ``thp_swpout_fallback``).
 
 Per op: ``us_per_thp``, ``bytes_per_thp`` (what the op must read and write per THP at least, by
 the record sizes: written out per op below), ``roofline_us_per_thp`` = that / the streaming copy
@@ -33,7 +37,7 @@ ADDR = 0x100000000000
 M2 = 2 << 20
 PAGE = 4096
 N = 512
-BLOCK, PMD, TABLE = 6168, 32, 4096
+BLOCK, PMD, TABLE = 6264, 32, 4096
 # Bytes each op must touch per THP, at least (reads + writes of the records it changes).
 BYTES = {
     "mmap": BLOCK + PMD,                          # the page records and the PMD entry, written
@@ -47,11 +51,28 @@ BYTES = {
     "split": 5 * 2048 + 3 * TABLE,                # split_bench's pmd model: records r/w, the freeze's table
     "exit_child": PMD,                            # nothing mapped is left: the VMAs and their PMD rows
     "munmap_parent_small": 2 * TABLE + 2 * 12 * N,  # 512 PTEs r/w, 512 page records freed (r/w)
+    "madvise_cold": 2 * PMD + 64,                 # the entry made old, the head's flags
+    "shrink": 64 + 64,                            # the content bits counted, the queue flag
+    "mmap_2": BLOCK + PMD,
+    "madvise_pageout": 5 * 2048 + 3 * TABLE,      # reclaim splits every THP: as the split
 }
 
 
 def program(s, n, addr=ADDR):
     """The ops, as (name, callable) in order."""
+    half = n // 2 * M2
+    if s.k.MADV_COLD_PAGEOUT:
+        ops = program_v5(s, n, addr)
+        at = [name for name, _ in ops].index("split")
+        addr2 = addr + n * M2 + M2
+        return (ops[:at] + [("madvise_cold", lambda: s.madvise_cold("parent", addr, n * M2)),
+                            ("shrink", lambda: s.shrink())] + ops[at:]
+                + [("mmap_2", lambda: s.mmap("parent", addr2, n * M2)),
+                   ("madvise_pageout", lambda: s.madvise_pageout("parent", addr2, n * M2))])
+    return program_v5(s, n, addr)
+
+
+def program_v5(s, n, addr):
     half = n // 2 * M2
     return [
         ("mmap", lambda: s.mmap("parent", addr, n * M2)),
@@ -80,6 +101,8 @@ def run_one(thps, variant):
     # program will need once, before timing.
     t = time.perf_counter()
     need = thps * (BLOCK + 2 * PMD + 8 * N + 2 * TABLE) * 3 // 2
+    if variant == "6.18":  # the second mapping and its split tables
+        need += thps * (BLOCK + PMD + TABLE) * 3 // 2
     buf = np.empty(min(need, int(available_memory() * 0.8)), np.uint8)
     buf.fill(1)
     del buf

@@ -193,6 +193,27 @@ def split_huge_pages(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, bloc
 
 
 @per_variant(parallel=True)
+def deferred_split_filter(blocks, queued, out):
+    """The first look of ``deferred_split_scan()`` at every queued THP (block ``queued[k]``): ``out[k]``
+    = what ``deferred_split_should_split()`` says (0: taken off the queue here, not tried)."""
+    for k in prange(queued.shape[0]):
+        page = blocks[queued[k]]
+        out[k] = deferred_split_should_split(page, out[k:k])
+        if out[k] == 0:
+            page["deferred"] = 0  # list_del_init(): not partially mapped, not underused
+
+
+@per_variant(parallel=True)
+def can_split_folios(blocks, thps, caller_pins, out):
+    """Mirror of ``can_split_folio(folio, caller_pins, NULL)`` of anonymous THPs not in the swap
+    cache: ``out[k]`` = every reference to the THP in block ``thps[k]`` but ``caller_pins`` is a
+    mapping."""
+    for k in prange(thps.shape[0]):
+        page = blocks[thps[k]]
+        out[k] = folio_mapcount(page) == page["_count"][0] - caller_pins
+
+
+@per_variant(parallel=True)
 def deferred_split_scan(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
                         ret, reason, costs, events, bugs):
     """Mirror of the variant's ``deferred_split_scan()`` over every queued THP (``thps``, rmap arrays

@@ -57,7 +57,7 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
                                "succeeded": int(res.succeeded), "failed": int(res.failed)})
             elif op.op == "shrink":
                 res = _apply(state, op)
-                shrinks.append({"op": op.index, "queued": len(res.heads),
+                shrinks.append({"op": op.index, "queued": int(res.queued),
                                 "attempted": int(res.attempted), "succeeded": int(res.succeeded),
                                 "failed": int(res.failed)})
             else:

@@ -36,6 +36,7 @@ class SplitResult:
     seconds: dict = field(default_factory=dict)  # "rmap" (the index arrays) and "split" (the kernel)
     costs: np.ndarray | None = None    # [thp, COSTS] what each THP's split cost
     events: np.ndarray | None = None   # [thp, VM_EVENTS] the events each THP's split counted
+    queued: int | None = None          # shrink: the THPs on the deferred queue before it ran
 
     def frame(self):
         """One row per THP: ``head_pfn``, ``ret``, ``reason`` and every cost and event counter."""
@@ -260,5 +261,9 @@ def shrink(state) -> SplitResult:
     """The ``shrink`` op: memory pressure runs the deferred-split shrinker over its whole queue
     (``echo 2 > /proc/sys/vm/drop_caches``), the variant's ``deferred_split_scan()``: one pass, in
     queue order (every split is its THP's own, so the order changes nothing but speed)."""
-    return split_thps(state, np.flatnonzero(state.blocks.a["deferred"]).astype(np.int64),
-                      shrinker=True)
+    queued = np.flatnonzero(state.blocks.a["deferred"]).astype(np.int64)
+    what = np.zeros(len(queued), np.int64)
+    state.k.deferred_split_filter(state.blocks.a, queued, what)  # the others leave the queue
+    res = split_thps(state, queued[what != 0], shrinker=True)
+    res.queued = len(queued)
+    return res

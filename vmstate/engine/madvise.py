@@ -73,13 +73,13 @@ def shrink_folio_list(state, thps):
     is activated; a partially mapped one is split first (``split_folio_to_list()``); any other
     fails ``folio_alloc_swap()`` and is split, counting ``thp_swpout_fallback`` and mthp
     ``swpout_fallback``. The small folios left are activated, still mapped."""
-    a = state.blocks.a
-    pinned = np.array([state.k.folio_mapcount(a[b]) != a["_count"][b, 0] for b in thps.tolist()],
-                      bool)
-    thps = thps[~pinned]
+    ok = np.empty(len(thps), np.bool_)
+    # the isolation's reference is reclaim's own (not modelled): no other pin than that
+    state.k.can_split_folios(state.blocks.a, thps, 0, ok)
+    thps = thps[ok]
     if not len(thps):
         return
-    partially = a["partially_mapped"][thps] != 0
+    partially = state.blocks.a["partially_mapped"][thps] != 0
     res = split_thps(state, thps)
     fallback = int(((res.reason == SPLIT_OK) & ~partially).sum())
     state.events[EV_THP_SWPOUT_FALLBACK] += fallback
