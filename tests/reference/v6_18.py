@@ -225,8 +225,9 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
                 folio._nr_pages_mapped += nfirst  # atomic_add_return_relaxed(first, mapped)
             self.folio_add_return_large_mapcount(folio, nr_pages, vma)
         if exclusive:
-            for i in range(first, first + nr_pages):
-                SetPageAnonExclusive(folio.block[i])
+            for page in (folio.block[first:first + nr_pages] if folio_test_large(folio)
+                         else [folio]):
+                SetPageAnonExclusive(page)
 
     def folio_remove_rmap_ptes(self, folio: Page, first: int, nr_pages: int,
                                vma: VmAreaStruct) -> None:
