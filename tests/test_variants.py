@@ -39,7 +39,7 @@ FLAGS_THAT_DIFFER = (1 << PG_dirty) | (1 << PG_double_map)
 
 def _page_mapcount(d, pfn, variant):
     """page_mapcount() from a dump: v5 `page_mapcount()` or v4.5 `__page_mapcount()`."""
-    flags, _count, raw, _mapping, _index = d["pages"][pfn]
+    flags, _count, raw, _mapping, _index = d["pages"][pfn][:5]
     ret = raw + 1
     if flags & COMPOUND:
         head = pfn - pfn % N  # a THP is a whole block, its head the block's first frame
@@ -55,7 +55,7 @@ def _page_mapcount(d, pfn, variant):
 def observable(d, variant):
     """What both variants must agree on, computed from ``dump()`` (reference or engine)."""
     pages = {}
-    for pfn, (flags, count, _raw, mapping, _index) in d["pages"].items():
+    for pfn, (flags, count, _raw, mapping, _index, *_data) in d["pages"].items():
         compound = bool(flags & COMPOUND)
         head = pfn - pfn % N if flags & (1 << PG_tail) else pfn
         pages[pfn] = (d["pages"][head][1] if compound else count,   # page_count()
