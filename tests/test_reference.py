@@ -51,9 +51,9 @@ def test_thp_fault():
     s.mmap("a", BASE, 2 * MB2)
     d = s.dump()
     assert len(d["pages"]) == 2 * N
-    assert d["pages"][HEAD0] == ((1 << PG_head) | ANON_FAULT_FLAGS, 1, 0, 0, PGOFF)
-    assert d["pages"][HEAD0 + 1] == (1 << PG_tail, 0, 0, TAIL_MAPPING, 0)
-    assert d["pages"][HEAD1 + N - 1] == (1 << PG_tail, 0, 0, TAIL_MAPPING, 0)
+    assert d["pages"][HEAD0] == ((1 << PG_head) | ANON_FAULT_FLAGS, 1, 0, 0, PGOFF, 1)
+    assert d["pages"][HEAD0 + 1] == (1 << PG_tail, 0, 0, TAIL_MAPPING, 0, 1)
+    assert d["pages"][HEAD1 + N - 1] == (1 << PG_tail, 0, 0, TAIL_MAPPING, 0, 1)
     assert d["pages"][HEAD1][4] == PGOFF + N
     assert d["compound_mapcount"] == {HEAD0: 0, HEAD1: 0}
     assert d["pmds"] == {("a", BASE): (HEAD0 << 12) | HUGE_PMD,
@@ -74,8 +74,8 @@ def test_small_pages_keep_their_slot_offset():
     d = s.dump()
     small = [0x200 + 510, 0x200 + 511, 0x400, 0x401] + list(range(0x600, 0x800))
     assert sorted(d["pages"]) == small + list(range(0x800, 0xA00))
-    assert d["pages"][0x401] == (ANON_FAULT_FLAGS, 1, 0, 0, PGOFF + N + 1)
-    assert d["pages"][0x600] == (ANON_FAULT_FLAGS, 1, 0, 1, PGOFF + 2 * N)
+    assert d["pages"][0x401] == (ANON_FAULT_FLAGS, 1, 0, 0, PGOFF + N + 1, 1)
+    assert d["pages"][0x600] == (ANON_FAULT_FLAGS, 1, 0, 1, PGOFF + 2 * N, 1)
     assert ptes_of(d, "a")[BASE + 511 * PAGE] == (0x3FF << 12) | PTE_FAULT
     assert len(d["ptes"]) == 4 + N
     assert d["pmds"] == {("b", BASE): (0x800 << 12) | HUGE_PMD}
@@ -102,7 +102,7 @@ def test_fork_of_pte_mappings():
     s.mmap("a", BASE, 2 * PAGE, thp=False)
     s.fork("a", "b")
     d = s.dump()
-    assert d["pages"][0x200] == (ANON_FAULT_FLAGS, 2, 1, 0, PGOFF)
+    assert d["pages"][0x200] == (ANON_FAULT_FLAGS, 2, 1, 0, PGOFF, 1)
     assert ptes_of(d, "a")[BASE + PAGE] == (0x201 << 12) | (PTE_FAULT & ~_PAGE_RW)
     assert ptes_of(d, "b")[BASE + PAGE] == (0x201 << 12) | _PAGE_PRESENT | _PAGE_DIRTY
 
@@ -141,7 +141,7 @@ def test_split_huge_pmd_the_last():
     s.split_pmd("a", BASE)
     s.split_pmd("a", BASE)                                # a PTE table now: nothing
     d = s.dump()
-    assert d["pages"][HEAD0] == ((1 << PG_head) | ANON_FAULT_FLAGS, N, 0, 0, PGOFF)
+    assert d["pages"][HEAD0] == ((1 << PG_head) | ANON_FAULT_FLAGS, N, 0, 0, PGOFF, 1)
     assert d["compound_mapcount"] == {HEAD0: -1}
     assert {d["pages"][HEAD0 + i][2] for i in range(N)} == {0}
     assert ptes_of(d, "a") == {BASE + i * PAGE: ((HEAD0 + i) << 12) | PTE_FAULT for i in range(N)}
@@ -170,8 +170,8 @@ def test_zap_last_pmd_queues_deferred_then_frees():
     assert d["compound_mapcount"] == {HEAD0: -1}
     assert {d["pages"][HEAD0 + i][2] for i in range(N)} == {-1}
     assert d["deferred"] == [HEAD0]                       # HEAD1 was queued, then freed
-    assert d["pages"][HEAD1] == (0, 0, -1, MAPPING_NULL, 0)
-    assert d["pages"][HEAD1 + 1] == (0, 0, -1, MAPPING_NULL, 0)
+    assert d["pages"][HEAD1] == (0, 0, -1, MAPPING_NULL, 0, 0)
+    assert d["pages"][HEAD1 + 1] == (0, 0, -1, MAPPING_NULL, 0, 0)
     assert d["vm_events"] == events(thp_fault_alloc=2, thp_deferred_split_page=2)
     assert d["costs"] == costs(pages_freed=N)
     s.unpin("a", BASE + 3 * PAGE, PAGE)
@@ -217,7 +217,7 @@ def test_pinned_thp_fails_precheck_without_pmd_split():
     assert s.split("a", BASE, MB2) == [(HEAD0, -EBUSY, SPLIT_FAIL_PRECHECK)]
     d = s.dump()
     assert d["pmds"] == {("a", BASE): (HEAD0 << 12) | HUGE_PMD}
-    assert d["pages"][HEAD0] == ((1 << PG_head) | ANON_FAULT_FLAGS, 2, 0, 0, PGOFF)
+    assert d["pages"][HEAD0] == ((1 << PG_head) | ANON_FAULT_FLAGS, 2, 0, 0, PGOFF, 1)
     assert d["vm_events"] == events(thp_fault_alloc=1, thp_split_page_failed=1)
     assert d["costs"] == costs(anon_vma_lock=1)
 
@@ -226,9 +226,9 @@ def test_split_of_a_pmd_mapped_thp():
     s = thp_state()
     assert s.split("a", BASE + 100 * PAGE, PAGE) == [(HEAD0, 0, SPLIT_OK)]
     d = s.dump()
-    assert d["pages"][HEAD0] == (ANON_FAULT_FLAGS, 1, 0, 0, PGOFF)
+    assert d["pages"][HEAD0] == (ANON_FAULT_FLAGS, 1, 0, 0, PGOFF, 1)
     for i in range(1, N):
-        assert d["pages"][HEAD0 + i] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + i)
+        assert d["pages"][HEAD0 + i] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + i, 1)
     assert TAIL_AFTER_SPLIT & (1 << PG_lru) and not TAIL_AFTER_SPLIT & (1 << PG_locked)
     assert d["compound_mapcount"] == {} and d["pmds"] == {}
     # unfreeze: pte_mkold(mk_pte()), writable again, not dirty
@@ -251,9 +251,9 @@ def test_partial_munmap_then_split_frees_unmapped_subpages():
     assert s.split("a", BASE, MB2) == [(HEAD0, 0, SPLIT_OK)]
     d = s.dump()
     for i in range(256):                                 # the head too, at the caller's put
-        assert d["pages"][HEAD0 + i] == (0, 0, -1, MAPPING_NULL, 0)
+        assert d["pages"][HEAD0 + i] == (0, 0, -1, MAPPING_NULL, 0, 0)
     for i in range(256, N):
-        assert d["pages"][HEAD0 + i] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + i)
+        assert d["pages"][HEAD0 + i] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + i, 1)
     assert d["deferred"] == [] and d["compound_mapcount"] == {}
     assert d["vm_events"] == events(thp_fault_alloc=1, thp_split_pmd=1, thp_split_page=1,
                                     thp_deferred_split_page=1)
@@ -268,8 +268,8 @@ def test_fork_shared_split():
     s.fork("a", "b")
     assert s.split("a", BASE, MB2) == [(HEAD0, 0, SPLIT_OK)]
     d = s.dump()
-    assert d["pages"][HEAD0] == (ANON_FAULT_FLAGS, 2, 1, 0, PGOFF)
-    assert d["pages"][HEAD0 + 77] == (TAIL_AFTER_SPLIT, 2, 1, 0, PGOFF + 77)
+    assert d["pages"][HEAD0] == (ANON_FAULT_FLAGS, 2, 1, 0, PGOFF, 1)
+    assert d["pages"][HEAD0 + 77] == (TAIL_AFTER_SPLIT, 2, 1, 0, PGOFF + 77, 1)
     for mm in ("a", "b"):                                # read-only migration entries since fork
         assert ptes_of(d, mm)[BASE + 77 * PAGE] == ((HEAD0 + 77) << 12) | _PAGE_PRESENT
     assert d["vm_events"]["thp_split_pmd"] == 2
@@ -325,7 +325,7 @@ def test_recheck_failure_leaves_the_pmd_split(monkeypatch):
     assert s.split("a", BASE, MB2) == [(HEAD0, -EBUSY, SPLIT_FAIL_RECHECK)]
     d = s.dump()
     assert d["pmds"] == {} and d["compound_mapcount"] == {HEAD0: -1}   # the wasted PMD split
-    assert d["pages"][HEAD0] == ((1 << PG_head) | ANON_FAULT_FLAGS, N + 1, 0, 0, PGOFF)
+    assert d["pages"][HEAD0] == ((1 << PG_head) | ANON_FAULT_FLAGS, N + 1, 0, 0, PGOFF, 1)
     assert ptes_of(d, "a")[BASE + 3 * PAGE] == ((HEAD0 + 3) << 12) | _PAGE_PRESENT | _PAGE_RW
     assert d["vm_events"] == events(thp_fault_alloc=1, thp_split_pmd=1, thp_split_page_failed=1)
     assert d["costs"] == costs(anon_vma_lock=1, pmd_lock=1, pte_lock=N, tlb_flush=1,
@@ -380,7 +380,7 @@ def test_split_of_pte_mapped_thp_after_fork_and_zap():
     s.fork("a", "c")                                     # "a" has an empty table: "c" gets one too
     assert s.split("b", BASE, MB2) == [(HEAD0, 0, SPLIT_OK)]
     d = s.dump()
-    assert d["pages"][HEAD0 + 1] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + 1)
+    assert d["pages"][HEAD0 + 1] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + 1, 1)
     assert ptes_of(d, "a") == ptes_of(d, "c") == {}
     # freeze: 3 VMAs, 3 PMD locks, 3 PTE locks; unfreeze: 512 subpages x 3 VMAs, 1 write each.
     assert d["costs"] == costs(anon_vma_lock=1, pmd_lock=1 + 3, pte_lock=3 + 3 * N, lru_lock=1,
@@ -440,10 +440,10 @@ def test_unpin_after_munmap_frees_the_page():
     s.pin("a", BASE, PAGE)
     s.pin("a", BASE, PAGE)
     s.munmap("a", BASE, PAGE)
-    assert s.dump()["pages"][0x200] == (ANON_FAULT_FLAGS, 2, -1, 0, PGOFF)
+    assert s.dump()["pages"][0x200] == (ANON_FAULT_FLAGS, 2, -1, 0, PGOFF, 1)
     s.unpin("a", BASE, PAGE)
     s.unpin("a", BASE, PAGE)
-    assert s.dump()["pages"][0x200] == (0, 0, -1, MAPPING_NULL, 0)
+    assert s.dump()["pages"][0x200] == (0, 0, -1, MAPPING_NULL, 0, 0)
     assert s.costs["pages_freed"] == 1
     with pytest.raises(BadInput):
         s.unpin("a", BASE, PAGE)

@@ -65,8 +65,8 @@ def test_thp_fault():
     s = ReferenceState(V)
     s.mmap("a", BASE, 2 * MB2)
     d = s.dump()
-    assert d["pages"][HEAD0] == (HEAD_FLAGS, 1, -1, 0, PGOFF)          # v5: _mapcount 0
-    assert d["pages"][HEAD0 + 1] == (1 << PG_tail, 0, -1, TAIL_MAPPING, 0)
+    assert d["pages"][HEAD0] == (HEAD_FLAGS, 1, -1, 0, PGOFF, 1)          # v5: _mapcount 0
+    assert d["pages"][HEAD0 + 1] == (1 << PG_tail, 0, -1, TAIL_MAPPING, 0, 1)
     assert d["compound_mapcount"] == {HEAD0: 0, HEAD1: 0}
     assert d["pmds"][("a", BASE)] == (HEAD0 << 12) | HUGE_PMD
     assert d["vm_events"] == events(thp_fault_alloc=2) and d["costs"] == costs()
@@ -80,7 +80,7 @@ def test_thp_fault():
 def test_small_page_fault_is_the_same():
     s = ReferenceState(V)
     s.mmap("a", BASE, 2 * PAGE, thp=False)
-    assert s.dump()["pages"][HEAD0] == (ANON_FAULT_FLAGS, 1, 0, 0, PGOFF)
+    assert s.dump()["pages"][HEAD0] == (ANON_FAULT_FLAGS, 1, 0, 0, PGOFF, 1)
     assert s.atomics == {"mapcount_writes": 2, "refcount_ops": 0}
 
 
@@ -114,8 +114,8 @@ def test_split_huge_pmd_not_the_last_sets_double_map():
     s.fork("a", "b")
     s.split_pmd("a", BASE + 5 * PAGE)
     d = s.dump()
-    assert d["pages"][HEAD0] == (HEAD_FLAGS | DIRTY, 2 + N - 1, 1, 0, PGOFF)  # PG_dirty from the PMD
-    assert d["pages"][HEAD0 + 1] == ((1 << PG_tail) | DOUBLE_MAP, 0, 1, TAIL_MAPPING, 0)
+    assert d["pages"][HEAD0] == (HEAD_FLAGS | DIRTY, 2 + N - 1, 1, 0, PGOFF, 1)  # PG_dirty from the PMD
+    assert d["pages"][HEAD0 + 1] == ((1 << PG_tail) | DOUBLE_MAP, 0, 1, TAIL_MAPPING, 0, 1)
     assert d["compound_mapcount"] == {HEAD0: 0}
     assert {d["pages"][HEAD0 + i][2] for i in range(N)} == {1}    # PTE + PG_double_map's +1
     assert PageDoubleMap(s.pages[HEAD0])
@@ -132,7 +132,7 @@ def test_split_huge_pmd_the_last():
     s = thp_state()
     s.split_pmd("a", BASE)
     d = s.dump()
-    assert d["pages"][HEAD0] == (HEAD_FLAGS | DIRTY, N, 0, 0, PGOFF)
+    assert d["pages"][HEAD0] == (HEAD_FLAGS | DIRTY, N, 0, 0, PGOFF, 1)
     assert d["pages"][HEAD0 + 1][0] == 1 << PG_tail                 # no PG_double_map
     assert d["compound_mapcount"] == {HEAD0: -1}
     assert {d["pages"][HEAD0 + i][2] for i in range(N)} == {0}
@@ -166,7 +166,7 @@ def test_zap_last_pmd_queues_deferred_then_frees():
     d = s.dump()
     assert d["pages"][HEAD0][1:3] == (1, -1) and d["compound_mapcount"] == {HEAD0: -1}
     assert d["deferred"] == [HEAD0]                       # nr = 512: queued; HEAD1 freed
-    assert d["pages"][HEAD1] == (0, 0, -1, MAPPING_NULL, 0)
+    assert d["pages"][HEAD1] == (0, 0, -1, MAPPING_NULL, 0, 0)
     assert d["vm_events"] == events(thp_fault_alloc=2, thp_deferred_split_page=2)
     assert s.atomics == {"mapcount_writes": 2 + 2, "refcount_ops": 1 + 2}   # v5: 2 * 513 + 2 * 513
 
@@ -208,9 +208,9 @@ def test_split_of_a_pmd_mapped_thp():
     s = thp_state()
     assert s.split("a", BASE + 100 * PAGE, PAGE) == [(HEAD0, 0, SPLIT_OK)]
     d = s.dump()
-    assert d["pages"][HEAD0] == (ANON_FAULT_FLAGS | DIRTY, 1, 0, 0, PGOFF)   # v5: not PG_dirty
+    assert d["pages"][HEAD0] == (ANON_FAULT_FLAGS | DIRTY, 1, 0, 0, PGOFF, 1)   # v5: not PG_dirty
     for i in range(1, N):
-        assert d["pages"][HEAD0 + i] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + i)
+        assert d["pages"][HEAD0 + i] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + i, 1)
     assert d["compound_mapcount"] == {} and d["pmds"] == {} and d["deferred"] == []
     # unfreeze: pte_mkold(mk_pte()), writable again, dirty from PG_dirty (v5: not dirty)
     assert ptes_of(d, "a") == {BASE + i * PAGE: ((HEAD0 + i) << 12) | _PAGE_PRESENT | _PAGE_RW
@@ -263,8 +263,8 @@ def test_fork_shared_split():
     s.fork("a", "b")
     assert s.split("a", BASE, MB2) == [(HEAD0, 0, SPLIT_OK)]
     d = s.dump()
-    assert d["pages"][HEAD0] == (ANON_FAULT_FLAGS | DIRTY, 2, 1, 0, PGOFF)
-    assert d["pages"][HEAD0 + 77] == (TAIL_AFTER_SPLIT, 2, 1, 0, PGOFF + 77)
+    assert d["pages"][HEAD0] == (ANON_FAULT_FLAGS | DIRTY, 2, 1, 0, PGOFF, 1)
+    assert d["pages"][HEAD0 + 77] == (TAIL_AFTER_SPLIT, 2, 1, 0, PGOFF + 77, 1)
     for mm in ("a", "b"):
         assert ptes_of(d, mm)[BASE + 77 * PAGE] == ((HEAD0 + 77) << 12) | _PAGE_PRESENT | _PAGE_DIRTY
     assert d["vm_events"] == events(thp_fault_alloc=1, thp_split_pmd=2, thp_split_page=1,
@@ -284,9 +284,9 @@ def test_partial_munmap_then_split_frees_unmapped_subpages():
     assert s.split("a", BASE, MB2) == [(HEAD0, 0, SPLIT_OK)]
     d = s.dump()
     for i in range(256):
-        assert d["pages"][HEAD0 + i] == (0, 0, -1, MAPPING_NULL, 0)
+        assert d["pages"][HEAD0 + i] == (0, 0, -1, MAPPING_NULL, 0, 0)
     for i in range(256, N):
-        assert d["pages"][HEAD0 + i] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + i)
+        assert d["pages"][HEAD0 + i] == (TAIL_AFTER_SPLIT, 1, 0, 0, PGOFF + i, 1)
     # freeze and unfreeze each skip to vm_start: 256 entries, one PTE lock each
     assert d["costs"] == costs(anon_vma_lock=1, pmd_lock=2, pte_lock=2, lru_lock=1,
                                tlb_flush=1 + 256, mmu_notifier=1 + 1 + 1,
@@ -314,7 +314,7 @@ def test_pinned_thp_fails_precheck_without_pmd_split():
     assert s.split("a", BASE, MB2) == [(HEAD0, -EBUSY, SPLIT_FAIL_PRECHECK)]
     d = s.dump()
     assert d["pmds"] == {("a", BASE): (HEAD0 << 12) | HUGE_PMD}
-    assert d["pages"][HEAD0] == (HEAD_FLAGS, 2, -1, 0, PGOFF)
+    assert d["pages"][HEAD0] == (HEAD_FLAGS, 2, -1, 0, PGOFF, 1)
     assert d["costs"] == costs(anon_vma_lock=1)
 
 
@@ -325,7 +325,7 @@ def test_recheck_failure_unfreezes_with_references():
     d = s.dump()
     assert d["pmds"] == {} and d["compound_mapcount"] == {HEAD0: -1}   # the wasted PMD split
     # unfreeze: get_page() and page_add_anon_rmap() per entry: 1 + 512 references, raw 0 each
-    assert d["pages"][HEAD0] == (HEAD_FLAGS | DIRTY, N, 0, 0, PGOFF)
+    assert d["pages"][HEAD0] == (HEAD_FLAGS | DIRTY, N, 0, 0, PGOFF, 1)
     assert {d["pages"][HEAD0 + i][2] for i in range(N)} == {0}
     assert ptes_of(d, "a")[BASE + 3 * PAGE] == ((HEAD0 + 3) << 12) | _PAGE_PRESENT | _PAGE_RW \
         | _PAGE_DIRTY                                     # PageDirty(tail) reads the head's bit

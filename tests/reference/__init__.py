@@ -20,7 +20,7 @@ One module per concern, one per variant (the same kernel function names in each)
 - ``mm.py``: ``mm_struct``, ``vm_area_struct``, ``anon_vma``, ``vma_address()``;
 - ``state.py``: :class:`ReferenceState`, the machine, the public operations and the shared kernel
   functions; it picks the variant's subclass once, at construction;
-- ``v5.py``, ``v4_5.py``: what differs, a subclass of :class:`ReferenceState` each (the mapcount
+- ``v5.py``, ``v4_5.py``, ``v6_18.py`` (mainline 6.18, docs/variant-6.18.md): what differs, a subclass of :class:`ReferenceState` each (the mapcount
   readers, the rmap, ``__split_huge_pmd_locked()``, the freeze and unfreeze, the recheck in
   ``split_huge_page_to_list()``, ``__split_huge_page_tail()``).
 
@@ -45,6 +45,7 @@ from .state import ReferenceState
 # The registry: importing a variant module registers its subclass (in this order).
 from .v5 import ReferenceStateV5  # noqa: I001
 from .v4_5 import ReferenceStateV4_5
+from .v6_18 import ReferenceStateV6_18
 
 VARIANTS = tuple(ReferenceState.VARIANTS)
 
@@ -69,6 +70,6 @@ __all__ = [
     "is_migration_entry", "make_migration_entry", "maybe_mkwrite", "mk_pte", "page_count",
     "page_dup_rmap", "page_mapped", "page_to_pgoff", "pmd_addr_end", "pmd_trans_huge", "pte_mkold",
     "pte_pfn", "pte_present", "pte_soft_dirty", "pte_write", "pte_wrprotect", "pte_young",
-    "ReferenceState", "ReferenceStateV5", "ReferenceStateV4_5",
+    "ReferenceState", "ReferenceStateV5", "ReferenceStateV4_5", "ReferenceStateV6_18",
     "page_mapcount", "total_mapcount",
 ]

@@ -38,11 +38,14 @@ class VmAreaStruct:
 
 class MmStruct:
     """A process. ``pmd[haddr]`` is a huge PMD (int) or a PTE table (dict vaddr -> pte of the non-none
-    entries); a missing key is pmd_none. ``order`` is the creation order (interval query ties)."""
+    entries); a missing key is pmd_none. ``order`` is the creation order (interval query ties);
+    ``mm_id`` is 6.15+'s ``mm->mm_id`` (kernel/fork.c mm_alloc_id(): an IDA from MM_ID_MIN = 1, so
+    creation order + 1)."""
 
     def __init__(self, name: str, order: int):
         self.name = name
         self.order = order
+        self.mm_id = order + 1
         self.vmas: list[VmAreaStruct] = []  # sorted by vm_start (mm->mmap)
         self.pmd: dict[int, int | dict[int, int]] = {}
 

@@ -32,11 +32,20 @@ class Page:
     ``block`` is the 512-entry slice of mem_map the frame lives in (``None`` where a small block left a
     frame unallocated), so ``page.block[i]`` is the kernel's ``head + i`` for a THP head (always the
     first frame of its block). ``_compound_mapcount`` is only meaningful on ``page[1]``, where v5 keeps
-    it (in a union with ``->mapping``); ``deferred`` only on a head (the deferred split queue).
+    it (in a union with ``->mapping``; 6.18's ``_entire_mapcount``); ``deferred`` only on a head (the
+    deferred split queue; ``_deferred_seq`` orders 6.18's queue, list_add_tail()).
+
+    ``data``: the page holds non-zero bytes (every variant; only 6.18 reads it). The 6.18 folio fields
+    (docs/variant-6.18.md, include/linux/mm_types.h), kept on the head as the kernel keeps them in
+    the first tail page, raw: ``_large_mapcount`` (-1 based), ``_nr_pages_mapped``, ``_mm_id[2]``,
+    ``_mm_id_mapcount[2]`` (-1 based), ``_mm_ids_shared`` (FOLIO_MM_IDS_SHARED_BIT),
+    ``partially_mapped`` (PG_partially_mapped). Initial values as prep_compound_head() sets them.
     """
 
     __slots__ = ("pfn", "block", "flags", "_count", "_mapcount", "mapping", "index",
-                 "_compound_mapcount", "deferred")
+                 "_compound_mapcount", "deferred", "_deferred_seq", "data", "_large_mapcount",
+                 "_nr_pages_mapped", "_mm_id", "_mm_id_mapcount", "_mm_ids_shared",
+                 "partially_mapped")
 
     def __init__(self, pfn: int, block: list):
         self.pfn = pfn
@@ -48,6 +57,24 @@ class Page:
         self.index = 0
         self._compound_mapcount = -1
         self.deferred = False
+        self._deferred_seq = 0
+        self.data = False
+        self.reset_folio()
+
+    def reset_folio(self) -> None:
+        """The 6.18 folio fields as `mm/internal.h:prep_compound_head()` initialises them."""
+        self._large_mapcount = -1
+        self._nr_pages_mapped = 0
+        self._mm_id = [0, 0]  # MM_ID_DUMMY
+        self._mm_id_mapcount = [-1, -1]
+        self._mm_ids_shared = False
+        self.partially_mapped = False
+
+    def folio_tuple(self) -> tuple:
+        """dump()'s ``folio`` entry (docs/variant-6.18.md "The comparison format")."""
+        return (self._large_mapcount, self._nr_pages_mapped, self._mm_id[0], self._mm_id[1],
+                self._mm_id_mapcount[0], self._mm_id_mapcount[1], int(self._mm_ids_shared),
+                int(self.partially_mapped))
 
 
 def PageHead(page: Page) -> bool:

@@ -15,7 +15,7 @@ from vmstate.kernels.constants import (
     FIRST_BLOCK, HPAGE_PMD_MASK, HPAGE_PMD_NR, HPAGE_PMD_SIZE, MAPPING_NULL, PAGE_SHIFT, PAGE_SIZE,
     RACE_AFTER_SPLIT, RACE_NONE, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, VM_ANON_DEFAULT,
     VM_EVENTS, VM_EXEC, VM_HUGEPAGE, VM_READ, VM_WRITE, PG_head, PG_hwpoison, PG_locked, PG_lru,
-    PG_tail, PTE_PFN_SHIFT, TAIL_MAPPING,
+    PG_tail, PTE_PFN_SHIFT, TAIL_MAPPING, _PAGE_SPECIAL, MTHP_STATS, ZERO_PFN,
 )
 from vmstate.errors import BadInput
 
@@ -48,7 +48,10 @@ class ReferenceState:
         "page_mapcount", "total_mapcount", "page_add_new_anon_rmap", "page_remove_rmap",
         "_split_huge_pmd_locked", "freeze_page_vma", "freeze_page", "unfreeze_page_vma",
         "unfreeze_page", "_split_huge_page_tail", "page_get_anon_vma", "split_huge_page_to_list",
+        "page_dup_rmap", "deferred_split_scan",
     )
+    #: Whether the variant has MADV_COLD / MADV_PAGEOUT (Linux 5.4+): only 6.18.
+    HAS_MADV_COLD = False
     variant: str
 
     def __init_subclass__(cls, variant: str, **kwargs):
@@ -88,7 +91,10 @@ class ReferenceState:
         self.anon_vmas: list[AnonVma] = []
         self.pins: dict[tuple[str, int, int], list[list[int]]] = {}
         self.vm_events = {k: 0 for k in VM_EVENTS}
+        self.mthp_stats = {k: 0 for k in MTHP_STATS}  # hugepages-2048kB/stats (6.18 only)
         self.costs = {k: 0 for k in COSTS}
+        self._fill_data = True  # the `data` bit the current mmap's faults write (fill)
+        self._queue_seq = 0     # list_add_tail() order of the deferred split queue (6.18)
         self.atomics = {"mapcount_writes": 0, "refcount_ops": 0}
 
     # ---- counted atomics ------------------------------------------------------------------------
@@ -196,6 +202,7 @@ class ReferenceState:
         page.flags &= 1 << PG_hwpoison
         page.mapping = MAPPING_NULL
         page.index = 0
+        page.data = False  # a freed frame holds nothing (docs/variant-6.18.md "Page content")
         self.costs["pages_freed"] += 1
 
     def _free_compound_page(self, head: Page) -> None:
@@ -210,6 +217,7 @@ class ReferenceState:
             page.mapping = MAPPING_NULL
             page.index = 0
             page._count = 0
+            page.data = False
         head.deferred = False
         self.costs["pages_freed"] += N
 
@@ -229,6 +237,8 @@ class ReferenceState:
         for tail in pages[1:]:
             tail.flags = 1 << PG_tail
             tail.mapping = TAIL_MAPPING
+        for page in pages:
+            page.data = self._fill_data  # mmap's fill: the fault writes data or zeros
         self.page_add_new_anon_rmap(head, vma, haddr, True)
         vma.vm_mm.pmd[haddr] = ((head.pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT | _PAGE_PSE | _PAGE_RW
                                 | _PAGE_ACCESSED | _PAGE_DIRTY)
@@ -241,6 +251,7 @@ class ReferenceState:
         page._count = 1
         page.mapping = vma.anon_vma.id
         page.index = address >> PAGE_SHIFT
+        page.data = self._fill_data
         self.page_add_new_anon_rmap(page, vma, address, False)
         haddr = address & HPAGE_PMD_MASK
         table = vma.vm_mm.pmd.get(haddr)
@@ -264,7 +275,7 @@ class ReferenceState:
         """Mirror of `mm/huge_memory.c:zap_huge_pmd()`; the deposited table is freed with it."""
         orig_pmd = vma.vm_mm.pmd.pop(haddr)  # pmdp_get_and_clear_full()
         page = self.pages[pte_pfn(orig_pmd)]
-        self.page_remove_rmap(page, True)
+        self.page_remove_rmap(page, True, vma)
         assert self.page_mapcount(page) >= 0
         assert PageHead(page)
         self.put_page(page)  # tlb_remove_page()
@@ -274,8 +285,11 @@ class ReferenceState:
         table = vma.vm_mm.pmd[addr & HPAGE_PMD_MASK]
         ptent = table.pop(addr)  # ptep_get_and_clear_full()
         assert pte_present(ptent)  # migration entries live only inside split_huge_page
+        if ptent & _PAGE_SPECIAL:  # vm_normal_page() NULL: the shared zero page, no rmap, no put
+            assert pte_pfn(ptent) == ZERO_PFN
+            return
         page = self.pages[pte_pfn(ptent)]
-        self.page_remove_rmap(page, False)
+        self.page_remove_rmap(page, False, vma)
         assert self.page_mapcount(page) >= 0  # print_bad_pte()
         self.put_page(page)  # __tlb_remove_page()
 
@@ -294,11 +308,15 @@ class ReferenceState:
                     continue
                 # fall through: the huge PMD was just split
             table = mm.pmd.get(haddr)
-            if isinstance(table, dict):  # zap_pte_range()
-                for vaddr in range(addr, next_, PAGE_SIZE):
-                    if vaddr in table:
-                        self.zap_pte(vma, vaddr)
+            if isinstance(table, dict):
+                self.zap_pte_range(vma, table, addr, next_)
             addr = next_
+
+    def zap_pte_range(self, vma: VmAreaStruct, table: dict, addr: int, end: int) -> None:
+        """Mirror of v4.0 `mm/memory.c:zap_pte_range()`: one PTE at a time (6.18 batches)."""
+        for vaddr in range(addr, end, PAGE_SIZE):
+            if vaddr in table:
+                self.zap_pte(vma, vaddr)
 
     def unmap_single_vma(self, vma: VmAreaStruct, start_addr: int, end_addr: int) -> None:
         """Mirror of `mm/memory.c:unmap_single_vma()`."""
@@ -359,33 +377,37 @@ class ReferenceState:
 
     # ---- fork -----------------------------------------------------------------------------------
 
-    def copy_huge_pmd(self, dst_mm: MmStruct, src_mm: MmStruct, haddr: int) -> None:
-        """Mirror of v5 `mm/huge_memory.c:copy_huge_pmd()`."""
+    def copy_huge_pmd(self, dst_mm: MmStruct, src_mm: MmStruct, haddr: int,
+                      dst_vma: VmAreaStruct) -> None:
+        """Mirror of v5 `mm/huge_memory.c:copy_huge_pmd()` (6.18: the same steps around
+        folio_try_dup_anon_rmap_pmd(), which cannot fail for FOLL_GET pins)."""
         pmd = src_mm.pmd[haddr]
         src_page = self.pages[pte_pfn(pmd)]
         assert PageHead(src_page)
         self.get_page(src_page)
-        page_dup_rmap(src_page, True)  # the same in v4.5 copy_huge_pmd()
-        self.atomics["mapcount_writes"] += 1
+        self.page_dup_rmap(src_page, True, dst_vma)
         src_mm.pmd[haddr] = pte_wrprotect(pmd)  # pmdp_set_wrprotect()
         dst_mm.pmd[haddr] = pte_mkold(pte_wrprotect(pmd))
 
-    def copy_one_pte(self, dst_pte: dict, src_pte: dict, vma: VmAreaStruct, addr: int) -> None:
-        """Mirror of `mm/memory.c:copy_one_pte()` (present PTEs: no migration entry outside a split)."""
+    def copy_one_pte(self, dst_pte: dict, src_pte: dict, vma: VmAreaStruct, addr: int,
+                     dst_vma: VmAreaStruct) -> None:
+        """Mirror of `mm/memory.c:copy_one_pte()` (present PTEs: no migration entry outside a split;
+        6.18 `copy_present_ptes()` does the same per PTE). The shared zero page (vm_normal_page()
+        NULL) is copied, write-protected and made old, with no reference or mapcount."""
         pte = src_pte[addr]
         assert pte_present(pte)
         if is_cow_mapping(vma.vm_flags):
             src_pte[addr] = pte_wrprotect(pte)  # ptep_set_wrprotect()
             pte = pte_wrprotect(pte)
         pte = pte_mkold(pte)
-        page = self.pages[pte_pfn(pte)]  # vm_normal_page()
-        self.get_page(page)
-        page_dup_rmap(page, False)  # the same in v4.5 copy_one_pte()
-        self.atomics["mapcount_writes"] += 1
+        if not pte & _PAGE_SPECIAL:
+            page = self.pages[pte_pfn(pte)]  # vm_normal_page()
+            self.get_page(page)
+            self.page_dup_rmap(page, False, dst_vma)
         dst_pte[addr] = pte
 
     def copy_pte_range(self, dst_mm: MmStruct, src_mm: MmStruct, vma: VmAreaStruct, addr: int,
-                       end: int) -> None:
+                       end: int, dst_vma: VmAreaStruct) -> None:
         """Mirror of `mm/memory.c:copy_pte_range()`: the child's table is allocated first
         (pte_alloc_map_lock()), even when the parent's holds nothing in the range."""
         haddr = addr & HPAGE_PMD_MASK
@@ -394,9 +416,10 @@ class ReferenceState:
         src_pte = src_mm.pmd[haddr]
         for vaddr in range(addr, end, PAGE_SIZE):
             if vaddr in src_pte:  # pte_none() -> continue
-                self.copy_one_pte(dst_pte, src_pte, vma, vaddr)
+                self.copy_one_pte(dst_pte, src_pte, vma, vaddr, dst_vma)
 
-    def copy_page_range(self, dst_mm: MmStruct, src_mm: MmStruct, vma: VmAreaStruct) -> None:
+    def copy_page_range(self, dst_mm: MmStruct, src_mm: MmStruct, vma: VmAreaStruct,
+                        dst_vma: VmAreaStruct) -> None:
         """Mirror of `mm/memory.c:copy_page_range()` / `copy_pmd_range()`."""
         addr = vma.vm_start
         while addr != vma.vm_end:
@@ -404,9 +427,9 @@ class ReferenceState:
             src = src_mm.pmd.get(addr & HPAGE_PMD_MASK)
             if pmd_trans_huge(src):
                 assert next_ - addr == HPAGE_PMD_SIZE
-                self.copy_huge_pmd(dst_mm, src_mm, addr)
+                self.copy_huge_pmd(dst_mm, src_mm, addr, dst_vma)
             elif src is not None:  # pmd_none_or_clear_bad() -> continue
-                self.copy_pte_range(dst_mm, src_mm, vma, addr, next_)
+                self.copy_pte_range(dst_mm, src_mm, vma, addr, next_, dst_vma)
             addr = next_
 
     # ---- mprotect -------------------------------------------------------------------------------
@@ -503,7 +526,7 @@ class ReferenceState:
         for vma in vmas:
             for addr in range(max(start, vma.vm_start), min(end, vma.vm_end), PAGE_SIZE):
                 pfn = self._follow_pfn(mm, addr)
-                if pfn is None or not PageTransCompound(self.pages[pfn]):
+                if pfn is None or pfn == ZERO_PFN or not PageTransCompound(self.pages[pfn]):
                     continue
                 head = compound_head(self.pages[pfn])
                 if head.pfn not in seen:
@@ -513,12 +536,15 @@ class ReferenceState:
 
     # ==== public operations ======================================================================
 
-    def mmap(self, mm: str, addr: int, length: int, thp: bool = True) -> None:
+    def mmap(self, mm: str, addr: int, length: int, thp: bool = True, fill: str = "data") -> None:
         """mmap(MAP_PRIVATE|MAP_ANONYMOUS) (+ MADV_HUGEPAGE), then a fault on every page in address
-        order: one block per 2 MiB slot touched, a THP where the slot is entirely inside."""
+        order: one block per 2 MiB slot touched, a THP where the slot is entirely inside. ``fill``:
+        each fault writes non-zero data (``"data"``: the pages' ``data`` bit set) or zeros."""
         end = self._check_range(addr, length)
         if not isinstance(thp, bool):
             raise BadInput(f"expected true or false, got {thp!r}", field="thp")
+        if fill not in ("data", "zero"):
+            raise BadInput(f'expected one of "data", "zero", got {fill!r}', field="fill")
         if mm in self.used_names and mm not in self.mms:
             raise BadInput(f"process {mm!r} has exited", field="mm")
         proc = self.mms.get(mm)
@@ -533,6 +559,7 @@ class ReferenceState:
         proc.insert_vma(vma)
         anon_vma.vmas.append(vma)
         haddr = addr & HPAGE_PMD_MASK
+        self._fill_data = fill == "data"
         while haddr < end:
             if thp and haddr >= addr and haddr + HPAGE_PMD_SIZE <= end:
                 self.do_huge_pmd_anonymous_page(vma, haddr)
@@ -554,7 +581,7 @@ class ReferenceState:
             tmp.vm_mm = proc
             proc.insert_vma(tmp)
             vma.anon_vma.vmas.append(tmp)
-            self.copy_page_range(proc, parent, vma)
+            self.copy_page_range(proc, parent, vma, tmp)
 
     def exit(self, mm: str) -> None:
         """Mirror of `mm/mmap.c:exit_mmap()`: unmap_vmas() over every VMA, free_pgtables(),
@@ -621,7 +648,8 @@ class ReferenceState:
                 raise BadInput(f"{mm!r}: no present page at {vaddr:#x} (EFAULT)", field="addr")
             pfns.append(pfn)
         for pfn in pfns:
-            self.get_page(self.pages[pfn])
+            if pfn != ZERO_PFN:  # the shared zero page takes no modelled reference
+                self.get_page(self.pages[pfn])
         self.pins.setdefault((mm, addr, length), []).append(pfns)
 
     def unpin(self, mm: str, addr: int, length: int) -> None:
@@ -635,7 +663,54 @@ class ReferenceState:
         if not stack:
             del self.pins[(mm, addr, length)]
         for pfn in pfns:
-            self.put_page(self.pages[pfn])
+            if pfn != ZERO_PFN:
+                self.put_page(self.pages[pfn])
+
+    def _madvise_lru(self, op: str, advice: str, mm: str, addr: int, length: int,
+                     pageout: bool) -> None:
+        if not self.HAS_MADV_COLD:
+            raise BadInput(f"op {op!r} does not exist in variant {self.variant!r} ({advice} is Linux "
+                           f"5.4+; use variant '6.18')", field="op")
+        proc = self._live_mm(mm)
+        end = self._check_range(addr, length)
+        self._check_mapped(proc, addr, end)
+        for vma in proc.vmas_overlapping(addr, end):  # madvise_walk_vmas()
+            self.madvise_cold_or_pageout_page_range(vma, max(addr, vma.vm_start),
+                                                    min(end, vma.vm_end), pageout)
+
+    def madvise_cold(self, mm: str, addr: int, length: int) -> None:
+        """MADV_COLD (`mm/madvise.c:madvise_cold()`): 6.18 only; the whole range must be mapped."""
+        self._madvise_lru("madvise_cold", "MADV_COLD", mm, addr, length, False)
+
+    def madvise_pageout(self, mm: str, addr: int, length: int) -> None:
+        """MADV_PAGEOUT (`mm/madvise.c:madvise_pageout()`): 6.18 only; the whole range must be
+        mapped."""
+        self._madvise_lru("madvise_pageout", "MADV_PAGEOUT", mm, addr, length, True)
+
+    def madvise_cold_or_pageout_page_range(self, vma: VmAreaStruct, addr: int, end: int,
+                                           pageout: bool) -> None:
+        raise NotImplementedError  # variants with HAS_MADV_COLD define it
+
+    def shrink(self) -> None:
+        """``echo 2 > /proc/sys/vm/drop_caches``: one pass of the variant's deferred_split_scan()
+        over its whole queue."""
+        self.deferred_split_scan()
+
+    def _deferred_split_scan_2015(self) -> None:
+        """Mirror of v5 26/28 (= v4.5) `mm/huge_memory.c:deferred_split_scan()`: the queue is taken
+        whole, get_page_unless_zero() on every THP (every queued THP is referenced: a freed one left
+        the queue), then lock_page(), split_huge_page(), unlock_page(), put_page() each; what failed
+        is spliced back. Splits of distinct THPs do not interact, so pfn order stands for queue
+        order."""
+        heads = [p for _, p in sorted(self.pages.items()) if PageHead(p) and p.deferred]
+        for head in heads:
+            self.get_page(head)
+        for head in heads:
+            assert not PageLocked(head)
+            head.flags |= 1 << PG_locked  # lock_page()
+            self.split_huge_page_to_list(head.pfn)
+            head.flags &= ~(1 << PG_locked)  # unlock_page()
+            self.put_page(head)
 
     def split_pmd(self, mm: str, addr: int) -> None:
         """split_huge_pmd() on the PMD mapping ``addr``; nothing where it is not a huge PMD."""
@@ -688,15 +763,17 @@ class ReferenceState:
                     pmds[(name, haddr)] = pmd
         heads = [p for p in self.pages.values() if PageHead(p)]
         return {
-            "pages": {pfn: (p.flags, p._count, p._mapcount, p.mapping, p.index)
+            "pages": {pfn: (p.flags, p._count, p._mapcount, p.mapping, p.index, int(p.data))
                       for pfn, p in sorted(self.pages.items())},
             "compound_mapcount": {h.pfn: h.block[1]._compound_mapcount for h in heads},
+            "folio": {h.pfn: h.folio_tuple() for h in heads},
             "deferred": sorted(h.pfn for h in heads if h.deferred),
             "pmds": pmds,
             "ptes": ptes,
             "vmas": {name: sorted((v.vm_start, v.vm_end, v.vm_pgoff, v.vm_flags, v.anon_vma.id)
                                   for v in proc.vmas)
                      for name, proc in self.mms.items()},
-            "vm_events": dict(self.vm_events),
+            "vm_events": {k: self.vm_events[k] for k in VM_EVENTS},
+            "mthp_stats": {k: self.mthp_stats[k] for k in MTHP_STATS},
             "costs": dict(self.costs),
         }

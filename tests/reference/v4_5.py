@@ -22,7 +22,7 @@ from .page import (
     Page, PageAnon, PageCompound, PageDirty, PageDoubleMap, PageHead, PageLocked, PageSwapBacked,
     PageTransCompound, SetPageDirty, TestClearPageDoubleMap, TestSetPageDoubleMap, compound_head,
     compound_mapcount, is_migration_entry, make_migration_entry, maybe_mkwrite, mk_pte, page_count,
-    page_mapped, page_to_pgoff, pmd_trans_huge, pte_mkold, pte_pfn, pte_present, pte_soft_dirty,
+    page_dup_rmap, page_mapped, page_to_pgoff, pmd_trans_huge, pte_mkold, pte_pfn, pte_present, pte_soft_dirty,
     pte_write, pte_wrprotect, pte_young,
 )
 from .state import ReferenceState
@@ -77,7 +77,7 @@ class ReferenceStateV4_5(ReferenceState, variant="v4.5"):
             page._mapcount = 0  # atomic_set(&page->_mapcount, 0)
             self.atomics["mapcount_writes"] += 1
 
-    def page_remove_rmap(self, page: Page, compound: bool) -> None:
+    def page_remove_rmap(self, page: Page, compound: bool, vma: VmAreaStruct | None = None) -> None:
         """Mirror of v4.5 `mm/rmap.c:page_remove_rmap()`: the compound case is
         `page_remove_anon_compound_rmap()`; a small mapping queues the THP once its subpage's
         ``_mapcount`` goes negative (the same test and the same queueing as v5)."""
@@ -105,6 +105,16 @@ class ReferenceStateV4_5(ReferenceState, variant="v4.5"):
             nr = N
         if nr:
             self.deferred_split_huge_page(page)
+
+    def page_dup_rmap(self, page: Page, compound: bool, dst_vma: VmAreaStruct) -> None:
+        """Mirror of v4.5 `include/linux/rmap.h:page_dup_rmap()` (copy_huge_pmd() /
+        copy_one_pte())."""
+        page_dup_rmap(page, compound)
+        self.atomics["mapcount_writes"] += 1
+
+    def deferred_split_scan(self) -> None:
+        """Mirror of v4.5 `mm/huge_memory.c:deferred_split_scan()` (shrink)."""
+        self._deferred_split_scan_2015()
 
     def page_get_anon_vma(self, page: Page) -> AnonVma | None:
         """Mirror of v4.5 `mm/rmap.c:page_get_anon_vma()`: NULL unless anon and page_mapped() (for a

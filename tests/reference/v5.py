@@ -18,7 +18,7 @@ from .mm import AnonVma, VmAreaStruct, _vma_address, vma_address
 from .page import (
     Page, PageAnon, PageCompound, PageHead, PageLocked, PageSwapBacked, PageTransCompound,
     compound_head, compound_mapcount, is_migration_entry, make_migration_entry, maybe_mkwrite,
-    mk_pte, page_count, page_to_pgoff, pmd_trans_huge, pte_mkold, pte_pfn, pte_present,
+    mk_pte, page_count, page_dup_rmap, page_to_pgoff, pmd_trans_huge, pte_mkold, pte_pfn, pte_present,
     pte_soft_dirty, pte_write, pte_wrprotect, pte_young,
 )
 from .state import ReferenceState
@@ -76,7 +76,7 @@ class ReferenceStateV5(ReferenceState, variant="v5"):
             page._mapcount = 0  # atomic_set(&page->_mapcount, 0)
             self.atomics["mapcount_writes"] += 1
 
-    def page_remove_rmap(self, page: Page, compound: bool) -> None:
+    def page_remove_rmap(self, page: Page, compound: bool, vma: VmAreaStruct | None = None) -> None:
         """Mirror of v5 `mm/rmap.c:page_remove_rmap()`: dropping the last PMD mapping drops the
         offset; any subpage whose ``_mapcount`` goes negative queues the THP."""
         if compound:
@@ -94,6 +94,16 @@ class ReferenceStateV5(ReferenceState, variant="v5"):
         assert page._mapcount == -1
         if PageTransCompound(page):
             self.deferred_split_huge_page(compound_head(page))
+
+    def page_dup_rmap(self, page: Page, compound: bool, dst_vma: VmAreaStruct) -> None:
+        """Mirror of v5 `include/linux/rmap.h:page_dup_rmap()` (copy_huge_pmd() /
+        copy_one_pte())."""
+        page_dup_rmap(page, compound)
+        self.atomics["mapcount_writes"] += 1
+
+    def deferred_split_scan(self) -> None:
+        """Mirror of v5 `mm/huge_memory.c:deferred_split_scan()` (shrink)."""
+        self._deferred_split_scan_2015()
 
     def page_get_anon_vma(self, page: Page) -> AnonVma | None:
         """Mirror of `mm/rmap.c:page_get_anon_vma()`: NULL unless anon and page_mapped() (for a THP:
