@@ -11,12 +11,15 @@ from vmstate.kernels.constants import (
     C_MMU_NOTIFIER, C_PMD_LOCK, C_PTE_LOCK, C_PTE_WRITE, C_TLB_FLUSH, HPAGE_PMD_NR, PTE_PFN_MASK,
     PTE_PFN_SHIFT, _PAGE_PRESENT, _PAGE_PSE,
 )
-from vmstate.kernels.per_variant import FREEZE_FROM_VM_START, freeze_pte, per_variant
+from vmstate.kernels.per_variant import (
+    FREEZE_FROM_VM_START, FREEZE_STOPS_UNMAPPED, FREEZE_TO_VM_END, folio_mapcount, freeze_pte,
+    per_variant,
+)
 from vmstate.kernels.pmd import _split_huge_pmd_locked, mm_id_of
 
 
 @per_variant()
-def freeze_page_vma(row, b, lo, pmds, tables, blocks, costs, events):
+def freeze_page_vma(row, b, lo, hi, pmds, tables, blocks, costs, events):
     """Mirror of ``freeze_page_vma(vma, page, haddr)``; ``row`` is the PMD entry at haddr. The seed
     walks all 512 PTEs of the table; 4.5 from the VMA's first subpage ``lo`` on
     (``FREEZE_FROM_VM_START``)."""
@@ -37,7 +40,7 @@ def freeze_page_vma(row, b, lo, pmds, tables, blocks, costs, events):
     pte = tables[pmds[row]["pte_table"]]["pte"]
     page = blocks[b]
     mm_id = mm_id_of(pmds, row)
-    for i in range(lo if FREEZE_FROM_VM_START else 0, HPAGE_PMD_NR):
+    for i in range(lo if FREEZE_FROM_VM_START else 0, hi if FREEZE_TO_VM_END else HPAGE_PMD_NR):
         e = pte[i]
         if not e & _PAGE_PRESENT:
             continue
@@ -53,4 +56,6 @@ def freeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, pmds, tables, blocks, co
     """Mirror of ``freeze_page(anon_vma, page)``: one mmu-notifier range per VMA."""
     for v in range(v0, v1):
         costs[C_MMU_NOTIFIER] += 1
-        freeze_page_vma(vma_pmd_row[v], b, vma_lo[v], pmds, tables, blocks, costs, events)
+        freeze_page_vma(vma_pmd_row[v], b, vma_lo[v], vma_hi[v], pmds, tables, blocks, costs, events)
+        if FREEZE_STOPS_UNMAPPED and folio_mapcount(blocks[b]) == 0:
+            break

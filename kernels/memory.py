@@ -103,8 +103,8 @@ def copy_pte_range(src, dst, lo, hi, mm_id, blocks):
         e = src[i]
         if not e & _PAGE_PRESENT:
             continue
-        if e & _PAGE_SPECIAL:
-            dst[i] = e
+        if e & _PAGE_SPECIAL:  # no page behind it: only the child's copy made old
+            dst[i] = e & _NOT_ACCESSED
             continue
         e &= _NOT_RW
         src[i] = e

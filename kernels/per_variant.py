@@ -129,6 +129,9 @@ SPLIT_PMD_SETS_PAGE_DIRTY = _Declared("whether __split_huge_pmd_locked() sets th
                                       "for a dirty PMD")
 FREEZE_FROM_VM_START = _Declared("whether freeze_page_vma() walks from the VMA's first subpage "
                                  "(else from subpage 0)")
+FREEZE_TO_VM_END = _Declared("whether freeze_page_vma() stops at the VMA's end (else the THP's)")
+FREEZE_STOPS_UNMAPPED = _Declared("whether freeze_page() ends the rmap walk once the THP is no longer "
+                                  "mapped (6.18 try_to_migrate(): rwc.done = folio_not_mapped)")
 
 
 @_declare
@@ -166,6 +169,12 @@ def count_split(ok, events):
 def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, offset, head_flags, tail):
     """``__split_huge_page_tail(head, tail, lruvec, NULL)`` over one THP's fields; returns the
     mapcount moved from the head to the tail."""
+
+
+DEBUGFS_SPLIT_PER_ADDRESS = _Declared(
+    "whether debugfs split_huge_pages walks the range address by address, ending at the first hole "
+    "and trying a folio again at its next address (6.18 split_huge_pages_pid()), rather than "
+    "splitting each THP of the range once")
 
 
 @_declare

@@ -143,6 +143,8 @@ def split_pmd_pte_bits(page, entry, freeze):
 
 SPLIT_PMD_SETS_PAGE_DIRTY = True
 FREEZE_FROM_VM_START = True  # ``if (address < vma->vm_start)`` skips to vm_start; no stop at vm_end
+FREEZE_TO_VM_END = False
+FREEZE_STOPS_UNMAPPED = False  # freeze_page() walks every VMA of the anon_vma query
 SPLIT_PINNED = -EBUSY
 
 
@@ -218,6 +220,9 @@ def split_recheck_bug(mapcount, count):
 def count_split(ok, events):
     """``count_vm_event(!ret ? THP_SPLIT_PAGE : THP_SPLIT_PAGE_FAILED)``."""
     events[EV_THP_SPLIT_PAGE if ok else EV_THP_SPLIT_PAGE_FAILED] += 1
+
+
+DEBUGFS_SPLIT_PER_ADDRESS = False
 
 
 @njit(cache=True, inline="always")

@@ -124,6 +124,8 @@ def split_pmd_pte_bits(page, entry, freeze):
 
 SPLIT_PMD_SETS_PAGE_DIRTY = False
 FREEZE_FROM_VM_START = False       # the seed walks all 512 PTEs of the table
+FREEZE_TO_VM_END = False
+FREEZE_STOPS_UNMAPPED = False      # migration entries keep the mapcount: it never reaches 0
 SPLIT_PINNED = -EBUSY
 
 
@@ -196,6 +198,9 @@ def split_recheck_bug(mapcount, count):
 def count_split(ok, events):
     """``count_vm_event(ret ? THP_SPLIT_PAGE_FAILED : THP_SPLIT_PAGE)``."""
     events[EV_THP_SPLIT_PAGE if ok else EV_THP_SPLIT_PAGE_FAILED] += 1
+
+
+DEBUGFS_SPLIT_PER_ADDRESS = False
 
 
 @njit(cache=True, inline="always")

@@ -304,7 +304,9 @@ def split_huge_pmd_counts(page, freeze, mm_id, events):
 
 
 SPLIT_PMD_SETS_PAGE_DIRTY = True  # if (pmd_dirty(old_pmd)) folio_set_dirty(folio)
-FREEZE_FROM_VM_START = True       # page_vma_mapped_walk() stays inside the VMA
+FREEZE_FROM_VM_START = True       # page_vma_mapped_walk() stays inside the VMA: from vma_address()
+FREEZE_TO_VM_END = True           # to vma_address_end()
+FREEZE_STOPS_UNMAPPED = True      # try_to_migrate(): rwc.done = folio_not_mapped
 
 
 # ---- __folio_split() (mm/huge_memory.c) --------------------------------------------------------
@@ -340,16 +342,17 @@ def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, table
     compound = flags[0] & _HEAD
     pfn0 = b * HPAGE_PMD_NR
     for v in range(v0, v1):
-        costs[C_MMU_NOTIFIER] += 1
         row = vma_pmd_row[v]
         if row < 0:
             continue
         entry = pmds[row]["pmd"]
-        if not entry & _PAGE_PRESENT or entry & _PAGE_PSE:
+        if not entry & _PAGE_PRESENT or entry & _PAGE_PSE:  # page_vma_mapped_walk(): no table
             continue
-        costs[C_PTE_LOCK] += 1
         pte = tables[pmds[row]["pte_table"]]["pte"]
         mm_id = pmds[row]["mm"] + 1
+        # remove_migration_ptes() per new folio, each its own rmap walk and PTE lock in every VMA
+        # covering it; one walk of the large folio after a failed split
+        costs[C_PTE_LOCK] += 1 if compound else vma_hi[v] - vma_lo[v]
         for i in range(vma_lo[v], vma_hi[v]):
             e = pte[i]
             if not e & _PAGE_VMS_MIGRATION or (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn0 + i:
@@ -412,6 +415,9 @@ def _split_huge_page_tail(flags, _count, _mapcount, compound_mapcount_raw, offse
     flags[tail] = ((flags[tail] & (1 << PG_hwpoison))
                    | (head_flags & (TAIL_COPY_FLAGS | (1 << PG_dirty))) | (1 << PG_lru))
     return mapcount
+
+
+DEBUGFS_SPLIT_PER_ADDRESS = True  # for (addr = ...; addr += PAGE_SIZE) { if (!vma) break; ...
 
 
 @njit(cache=True, inline="always")

@@ -34,6 +34,17 @@ def vmas_in(mm: Mm, start, end):
     return [v for v in mm.vmas if v.vm_start < end and v.vm_end > start]
 
 
+def mapped_end(mm: Mm, start, end):
+    """The end of the run of VMAs from ``start`` (``start`` itself where no VMA holds it), at most
+    ``end``: where a walk that stops at the first hole stops."""
+    at = start
+    for v in vmas_in(mm, start, end):
+        if v.vm_start > at:
+            break
+        at = v.vm_end
+    return min(at, end)
+
+
 def require_mapped(mm: Mm, start, end, errno="ENOMEM"):
     """The whole range must be covered by VMAs (the kernel answers ENOMEM/EFAULT otherwise)."""
     at = start

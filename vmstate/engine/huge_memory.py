@@ -15,11 +15,12 @@ import numpy as np
 
 from vmstate.kernels.constants import (
     BUG_COMPOUND_MAPCOUNT, BUG_RECHECK_MAPCOUNT, BUG_TAIL_COUNT, COSTS, HPAGE_PMD_NR, HPAGE_PMD_SIZE,
-    PAGE_SHIFT, PAGE_SIZE, RACE_NONE, RACE_POINTS, SPLIT_BUG, SPLIT_FAIL_ANON_VMA,
-    SPLIT_FAIL_PRECHECK, SPLIT_NOT_TRIED, SPLIT_OK, N_EVENTS, VM_EVENTS, VM_WRITE, _PAGE_PSE,
+    PAGE_SHIFT, PAGE_SIZE, PG_head, PTE_PFN_MASK, RACE_NONE, RACE_POINTS, SPLIT_BUG,
+    SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_NOT_TRIED, SPLIT_OK,
+    N_EVENTS, VM_EVENTS, VM_WRITE, _PAGE_PRESENT, _PAGE_PSE,
 )
 from vmstate.kernels.pagewalk import follow_thps
-from vmstate.engine.checks import check_range, live_mm, vmas_in
+from vmstate.engine.checks import check_range, live_mm, mapped_end, vmas_in
 from vmstate.engine.gup import hold
 from vmstate.errors import BadInput, CorruptState
 
@@ -254,7 +255,51 @@ def split(state, mm, addr, length, race: Race | None = None) -> SplitResult:
         race.check()
     if not vmas_in(m, addr, end):
         raise BadInput(f"0x{addr:x}-0x{end:x} overlaps no mapping of process {mm!r}", field="addr")
-    return split_thps(state, thps_mapped(state, m, addr, end), race=race, mm=mm, debugfs=True)
+    if not state.k.DEBUGFS_SPLIT_PER_ADDRESS:
+        return split_thps(state, thps_mapped(state, m, addr, end), race=race, mm=mm, debugfs=True)
+    # 6.18 split_huge_pages_pid(): address by address, "if (!vma) break;" at the first hole
+    end = mapped_end(m, addr, end)
+    res = split_thps(state, thps_mapped(state, m, addr, end), race=race, mm=mm, debugfs=True)
+    if race is not None:
+        _split_again(state, m, addr, end, res)
+    return res
+
+
+def _split_again(state, m, start, end, res):
+    """6.18 debugfs meets a folio whose split failed again at its next address: a racing pin that
+    left after the split no longer stops ``can_split_folio()`` there, and the split is done then
+    (what the op reports stays the first try's)."""
+    a = state.blocks.a
+    blocks = res.heads // N
+    failed = blocks[(res.reason == SPLIT_FAIL_RECHECK) & ((a["flags"][blocks, 0] & (1 << PG_head)) != 0)]
+    again = [b for b in failed.tolist() if _mapped_after_first(state, m, start, end, b)]
+    if again:
+        split_thps(state, np.array(again, np.int64), debugfs=True)
+
+
+def _mapped_after_first(state, m, start, end, b):
+    """Whether a page of the THP in block ``b`` is mapped in ``[start, end)`` of ``m`` after the
+    first address there that maps it."""
+    seen = 0
+    for haddr in range(start & ~(HPAGE_PMD_SIZE - 1), end, HPAGE_PMD_SIZE):
+        row = m.pmd_row(haddr)
+        if row is None:
+            continue
+        entry = int(state.pmd[row])
+        lo = max(start, haddr)
+        hi = min(end, haddr + HPAGE_PMD_SIZE)
+        if entry & _PAGE_PSE:
+            if (entry & PTE_PFN_MASK) >> PAGE_SHIFT == b * N:
+                seen += (hi - lo) >> PAGE_SHIFT
+        elif entry & _PAGE_PRESENT:
+            pte = state.ptes[int(state.pte_table[row])][(lo - haddr) >> PAGE_SHIFT:
+                                                        (hi - haddr) >> PAGE_SHIFT]
+            present = (pte & np.uint64(_PAGE_PRESENT)) != 0
+            pfn = (pte & np.uint64(PTE_PFN_MASK)) >> np.uint64(PAGE_SHIFT)
+            seen += int((present & (pfn // np.uint64(N) == b)).sum())
+        if seen > 1:
+            return True
+    return False
 
 
 def shrink(state) -> SplitResult:
