@@ -691,12 +691,13 @@ class ReferenceState:
                                            pageout: bool) -> None:
         raise NotImplementedError  # variants with HAS_MADV_COLD define it
 
-    def shrink(self) -> None:
+    def shrink(self) -> list[tuple[int, int, int]]:
         """``echo 2 > /proc/sys/vm/drop_caches``: one pass of the variant's deferred_split_scan()
-        over its whole queue."""
-        self.deferred_split_scan()
+        over its whole queue. Returns (head_pfn, ret, reason) of every THP it tried to split, by
+        pfn (the engine's order: splits of distinct THPs do not interact)."""
+        return sorted(self.deferred_split_scan())
 
-    def _deferred_split_scan_2015(self) -> None:
+    def _deferred_split_scan_2015(self) -> list[tuple[int, int, int]]:
         """Mirror of v5 26/28 (= v4.5) `mm/huge_memory.c:deferred_split_scan()`: the queue is taken
         whole, get_page_unless_zero() on every THP (every queued THP is referenced: a freed one left
         the queue), then lock_page(), split_huge_page(), unlock_page(), put_page() each; what failed
@@ -705,12 +706,14 @@ class ReferenceState:
         heads = [p for _, p in sorted(self.pages.items()) if PageHead(p) and p.deferred]
         for head in heads:
             self.get_page(head)
+        tried = []
         for head in heads:
             assert not PageLocked(head)
             head.flags |= 1 << PG_locked  # lock_page()
-            self.split_huge_page_to_list(head.pfn)
+            tried.append((head.pfn, *self.split_huge_page_to_list(head.pfn)))
             head.flags &= ~(1 << PG_locked)  # unlock_page()
             self.put_page(head)
+        return tried
 
     def split_pmd(self, mm: str, addr: int) -> None:
         """split_huge_pmd() on the PMD mapping ``addr``; nothing where it is not a huge PMD."""

@@ -101,9 +101,9 @@ class ReferenceStateV5(ReferenceState, variant="v5"):
         page_dup_rmap(page, compound)
         self.atomics["mapcount_writes"] += 1
 
-    def deferred_split_scan(self) -> None:
+    def deferred_split_scan(self) -> list[tuple[int, int, int]]:
         """Mirror of v5 `mm/huge_memory.c:deferred_split_scan()` (shrink)."""
-        self._deferred_split_scan_2015()
+        return self._deferred_split_scan_2015()
 
     def page_get_anon_vma(self, page: Page) -> AnonVma | None:
         """Mirror of `mm/rmap.c:page_get_anon_vma()`: NULL unless anon and page_mapped() (for a THP:

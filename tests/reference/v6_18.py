@@ -710,7 +710,7 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
                     return False
         return False
 
-    def deferred_split_scan(self) -> None:
+    def deferred_split_scan(self) -> list[tuple[int, int, int]]:
         """`mm/huge_memory.c:deferred_split_scan()`, one pass over the whole queue: every folio
         referenced (folio_try_get()) and moved to a local list; then each: not partially mapped ->
         split when thp_underused() (thp_underused_split_page), else it leaves the queue; partially
@@ -720,7 +720,7 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
                        key=lambda p: p._deferred_seq)
         for folio in queue:
             self.get_page(folio)  # folio_try_get(): a queued folio is never free here
-        back = []
+        back, tried = [], []
         for folio in queue:
             did_split = underused = False
             if not folio.partially_mapped:
@@ -728,7 +728,9 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
             if folio.partially_mapped or underused:
                 assert not PageLocked(folio)
                 folio.flags |= 1 << PG_locked  # folio_trylock()
-                if self.split_folio(folio) == 0:
+                ret, reason = self.split_huge_page_to_list(folio.pfn)
+                tried.append((folio.pfn, ret, reason))
+                if ret == 0:
                     did_split = True
                     if underused:
                         self.vm_events["thp_underused_split_page"] += 1
@@ -742,6 +744,7 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
             self.put_page(folio)
         for folio in back:  # list_splice_tail(&list, &ds_queue->split_queue)
             self._queue_tail(folio)
+        return tried
 
     # ---- MADV_COLD / MADV_PAGEOUT (mm/madvise.c) and reclaim (mm/vmscan.c) ---------------------
 
