@@ -17,6 +17,10 @@ into the Parquet files' key-value metadata (``vmstate.*`` keys):
   a write-protected PTE of an exclusive page (left by fork after the child exited, or by mprotect)
   reads as writable; false is exact.
 - ``migration``: a pagemap swap entry of a migration type (27-30); its pfn is the swap offset.
+- the shared zero page (6.18 maps zero-filled subpages of a split THP to it): a present pagemap entry
+  without bit 56 (so ``writable`` false), pfn the kernel's zero pfn; its ``pages`` row has
+  KPF_ZERO_PAGE | KPF_RESERVED, kpagecount 0, no head_pfn (measured on Linux 6.18.44). Its pfn is
+  in ``vmstate.zero_pfn`` when the capture maps it (the simulator writes it as pfn 0).
 
 :func:`vmstate.bridge.load.from_capture` loads such a dataset into the engine.
 """
@@ -134,6 +138,9 @@ def capture(targets: list[Target], ranges: list[tuple[int, int]] | None = None,
               "vmstate.notes": json.dumps(notes)}
     pages_meta = {**common, "vmstate.refcount": REFCOUNT_REASON,
                   "vmstate.head_pfn": "from KPF_COMPOUND_HEAD/KPF_COMPOUND_TAIL of KPF_THP pages"}
+    zero = pages.filter((pl.col("flags") & (1 << procfs.KPF_ZERO_PAGE)) != 0)["pfn"]
+    if zero.len():
+        pages_meta["vmstate.zero_pfn"] = str(int(zero[0]))
     pagemap_meta = {**common, "vmstate.pmd": PMD_SCAN if methods == {"scan"} else PMD_HEURISTIC,
                     "vmstate.writable": WRITABLE_MEANING, "vmstate.vmas": json.dumps(vmas)}
     return Captured(pages, pagemap, pages_meta, pagemap_meta, notes)

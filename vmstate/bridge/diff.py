@@ -10,14 +10,22 @@ are matched by ``(mm, vaddr)`` and THPs by ``(mm, 2 MiB slot)``:
 - per page: mapped on both sides, ``present``, ``migration``, ``mapcount``, ``pmd``, ``writable``,
   still ``compound``;
 - per snapshot: the number of freed frames;
-- with both ``summary.json``: the ``vm_events`` totals and each ``split`` op's outcome counts.
+- with both ``summary.json``: the ``vm_events`` totals (the names both list), the ``mthp_stats``
+  totals (where both have them) and each ``split`` op's outcome counts.
 
 Where exactly one side is a capture of the running kernel, a difference that one of the documented
 divergences (:mod:`vmstate.bridge.divergences`) explains is reported under its name and not counted. A THP
 counts as left whole by MADV_COLD (``shared_folio_not_split``) when the capture shows it mapped by
 several processes, or the kernel-run summary records its split as skipped, and the split trigger (from
-the summary or the snapshot's metadata; unknown for a plain capture) was not debugfs. Exit status: 0
-no other difference, 1 differences, 2 bad input.
+the summary or the snapshot's metadata; unknown for a plain capture) was not debugfs.
+
+When the simulated side's summary says ``"variant": "6.18"`` (the running kernel's own design) no
+model divergence is allowed: only what ``/proc`` cannot show (``refcount_not_exported``,
+``writable_upper_bound``) and ``split_trigger``, which then also explains what MADV_COLD, kernel-run's
+split trigger, does differently from the simulated debugfs split: a THP it skipped as maybe mapped
+shared (the simulator splits it), and a pinned THP's split_folio() attempt that MADV_COLD counts in
+``thp_split_page_failed`` / ``split_failed`` (debugfs skips it uncounted). Exit status: 0 no other
+difference, 1 differences, 2 bad input.
 """
 from __future__ import annotations
 
@@ -35,6 +43,9 @@ from vmstate.errors import BadInput
 
 FIELDS = ("mapped", "present", "migration", "mapcount", "pmd", "writable", "compound")
 MADVISE_TRIGGERS = (None, "madv_cold", "madv_pageout")
+MODERN = "6.18"
+# A 6.18 simulation models the kernel itself: only what /proc cannot show and the split trigger.
+MODERN_ALLOWED = ("refcount_not_exported", "writable_upper_bound", "split_trigger")
 
 
 @dataclass
@@ -90,6 +101,17 @@ class DiffResult:
     splits: list = field(default_factory=list)
     divergences: dict = field(default_factory=dict)  # name -> what it explained
     differences: int = 0
+    variant: str | None = None           # the simulated side's summary "variant"
+    mthp_stats: dict = field(default_factory=dict)
+
+    @property
+    def modern(self) -> bool:
+        return self.variant == MODERN
+
+    @property
+    def not_split(self) -> str:
+        """The name under which a THP the kernel-run split left whole (shared) is explained."""
+        return "split_trigger" if self.modern else "shared_folio_not_split"
 
     def note(self, name, what, n=1):
         d = self.divergences.setdefault(name, {})
@@ -98,7 +120,8 @@ class DiffResult:
     def as_json(self) -> dict:
         return {"a": str(self.a.path), "b": str(self.b.path),
                 "captured": {"a": self.a.captured, "b": self.b.captured},
-                "snapshots": self.snapshots, "vm_events": self.vm_events, "splits": self.splits,
+                "variant": self.variant, "snapshots": self.snapshots, "vm_events": self.vm_events,
+                "mthp_stats": self.mthp_stats, "splits": self.splits,
                 "divergences": {k: {"explained": v, "kernel": DIVERGENCES[k].kernel}
                                 for k, v in self.divergences.items()},
                 "differences": self.differences, "equal": self.differences == 0}
@@ -113,7 +136,11 @@ def diff(a, b, *, disallow=()) -> DiffResult:
     A, B = load_side(a), load_side(b)
     sim = "a" if B.captured and not A.captured else "b" if A.captured and not B.captured else None
     res = DiffResult(A, B, sim)
-    allowed = {n for n in DIVERGENCES if n not in disallow} if sim else set()
+    sim_side = (A if sim == "a" else B) if sim else None
+    if sim_side is not None and sim_side.summary is not None:
+        res.variant = sim_side.summary.get("variant")
+    names = MODERN_ALLOWED if res.modern else tuple(DIVERGENCES)
+    allowed = {n for n in names if n not in disallow} if sim else set()
     real = (B if sim == "a" else A) if sim else None
     skipped = _skipped_slots(real.summary) if real is not None and real.summary else set()
     for label in sorted(A.datasets.keys() | B.datasets.keys()):
@@ -125,6 +152,7 @@ def diff(a, b, *, disallow=()) -> DiffResult:
                                               skipped, real.trigger if real else None)
     if A.summary is not None and B.summary is not None:
         _diff_events(res, allowed)
+        _diff_mthp(res, allowed)
         _diff_splits(res, allowed)
     if sim:
         res.note("refcount_not_exported", "datasets without refcount")
@@ -132,7 +160,7 @@ def diff(a, b, *, disallow=()) -> DiffResult:
             res.note("split_trigger", real.trigger)
         for s in (real.summary or {}).get("splits", []):
             eagain = sum(t.get("ret") == -11 for t in s.get("thps", []))
-            if eagain:
+            if eagain and not res.modern:  # 6.18's split fails with -EAGAIN too
                 res.note("split_eagain", "THP splits failed with -EAGAIN", eagain)
     for name in DIVERGENCES:
         if name in disallow and name in res.divergences:
@@ -207,8 +235,8 @@ def _diff_snapshot(res: DiffResult, da: Dataset, db: Dataset, allowed, skipped, 
         zero = pl.col(f"zero{real}") & ~pl.col(f"zero{simx}")
         wub = pl.col(f"writable{real}").fill_null(False) & ~pl.col(f"writable{simx}").fill_null(True)
         rules = []
-        if "shared_folio_not_split" in allowed and trigger in MADVISE_TRIGGERS:
-            rules.append(("shared_folio_not_split", not_split, ("compound", "pmd", "writable")))
+        if res.not_split in allowed and trigger in MADVISE_TRIGGERS:
+            rules.append((res.not_split, not_split, ("compound", "pmd", "writable")))
         if "zero_page_remap" in allowed:
             rules.append(("zero_page_remap", zero, ("mapcount", "writable")))
         if "writable_upper_bound" in allowed:
@@ -263,13 +291,12 @@ def _diff_freed(res, da, db, va, vb, j, allowed) -> dict:
         zero = int(real_v["zero"].sum()) if "zero_page_remap" in allowed else 0
         # frames of THPs the kernel left whole that no process maps: the simulator's split freed them
         kept = 0
-        if "shared_folio_not_split" in allowed and \
-                (j["e_compound"] == "shared_folio_not_split").any():
+        if res.not_split in allowed and (j["e_compound"] == res.not_split).any():
             heads = real_v.filter("compound")["head_pfn"].unique().implode()
             kept = real_ds.pages.filter(pl.col("head_pfn").is_in(heads)
                                         & (pl.col("mapcount") == 0)).height
         if -zero <= sim_f - real_f <= kept:
-            name = "zero_page_remap" if real_f > sim_f else "shared_folio_not_split"
+            name = "zero_page_remap" if real_f > sim_f else res.not_split
             out["divergence"] = name
             res.note(name, "freed frames", abs(sim_f - real_f))
             return out
@@ -283,27 +310,66 @@ def _diff_events(res: DiffResult, allowed):
     real = (res.b if res.sim == "a" else res.a) if res.sim else None
     splits = real.summary.get("splits", []) if real else []
     skipped = sum(s.get("skipped", 0) for s in splits)
-    shared = "shared_folio_not_split" in res.divergences or skipped > 0
+    shared = res.not_split in res.divergences or skipped > 0
+    eagain = sum(t.get("ret") == -11 for s in splits for t in s.get("thps", []))
     pte_split = sum(1 for s in splits for t in s.get("thps", [])
                     if t.get("outcome") == "split" and not t.get("pmd_mapped", True))
     for name in VM_EVENTS:
         a, b = ea.get(name), eb.get(name)
+        if a is None and b is None:
+            continue
         row = {"a": a, "b": b}
         res.vm_events[name] = row
-        if a == b:
+        if a == b or a is None or b is None:  # a counter only one side's variant has
             continue
         verdict = None
-        if res.sim and a is not None and b is not None:
+        if res.sim:
             sim_v, real_v = (a, b) if res.sim == "a" else (b, a)
             if name in ("thp_split_page", "thp_split_page_failed") and shared and real_v <= sim_v:
-                verdict = "shared_folio_not_split"
+                verdict = res.not_split
             elif name == "thp_split_pmd" and shared:
-                verdict = "shared_folio_not_split"
+                verdict = res.not_split
+            elif name == "thp_split_page_failed" and res.modern and 0 < real_v - sim_v <= eagain:
+                verdict = "split_trigger"  # MADV_COLD's split_folio() of a pinned THP counts
             elif name == "thp_deferred_split_page" and real_v - sim_v <= pte_split:
                 verdict = "deferred_split_accounting"
         if verdict in allowed:
             row["divergence"] = verdict
             res.note(verdict, f"vm_events {name}", abs(a - b))
+        else:
+            row["differs"] = True
+            res.differences += 1
+
+
+def _diff_mthp(res: DiffResult, allowed):
+    """``mthp_stats`` (hugepages-2048kB/stats totals), where both summaries have them: every name
+    either lists; a difference counts, but for what the split trigger explains (MADV_COLD skips
+    shared THPs the simulated debugfs split splits, and counts a pinned THP's failed attempt)."""
+    ma, mb = res.a.summary.get("mthp_stats"), res.b.summary.get("mthp_stats")
+    if not isinstance(ma, dict) or not isinstance(mb, dict):
+        return
+    real = (res.b if res.sim == "a" else res.a) if res.sim else None
+    splits = real.summary.get("splits", []) if real else []
+    shared = res.not_split in res.divergences or sum(s.get("skipped", 0) for s in splits) > 0
+    eagain = sum(t.get("ret") == -11 for s in splits for t in s.get("thps", []))
+    for name in dict.fromkeys([*ma, *mb]):
+        a, b = ma.get(name), mb.get(name)
+        row = {"a": a, "b": b}
+        res.mthp_stats[name] = row
+        if a == b:
+            continue
+        verdict = None
+        if res.sim and a is not None and b is not None:
+            sim_v, real_v = (a, b) if res.sim == "a" else (b, a)
+            if name in ("split", "split_failed") and shared and real_v <= sim_v:
+                verdict = res.not_split
+            elif name == "nr_anon" and shared and real_v >= sim_v:
+                verdict = res.not_split  # the THPs left whole are still THPs
+            elif name == "split_failed" and res.modern and 0 < real_v - sim_v <= eagain:
+                verdict = "split_trigger"
+        if verdict in allowed:
+            row["divergence"] = verdict
+            res.note(verdict, f"mthp_stats {name}", abs(a - b))
         else:
             row["differs"] = True
             res.differences += 1
@@ -321,9 +387,9 @@ def _diff_splits(res: DiffResult, allowed):
                "a": [x[k] for k in keys] if x else None, "b": [y[k] for k in keys] if y else None}
         seen_skip = seen_skip or real.get(op, {}).get("skipped", 0) > 0
         if row["a"] != row["b"]:
-            if seen_skip and "shared_folio_not_split" in allowed and x and y:
-                row["divergence"] = "shared_folio_not_split"
-                res.note("shared_folio_not_split", "split ops")
+            if seen_skip and res.not_split in allowed and x and y:
+                row["divergence"] = res.not_split
+                res.note(res.not_split, "split ops")
             else:
                 row["differs"] = True
                 res.differences += 1
@@ -366,6 +432,11 @@ def render(res: DiffResult, limit: int = 20) -> str:
     if res.vm_events:
         lines.append(f"vm_events{'':<21}{'a':>8}{'b':>8}  verdict")
         for k, v in res.vm_events.items():
+            verdict = "DIFFERS" if v.get("differs") else v.get("divergence", "")
+            lines.append(f"  {k:<28}{_s(v['a']):>8}{_s(v['b']):>8}  {verdict}")
+    if res.mthp_stats:
+        lines.append(f"mthp_stats{'':<20}{'a':>8}{'b':>8}  verdict")
+        for k, v in res.mthp_stats.items():
             verdict = "DIFFERS" if v.get("differs") else v.get("divergence", "")
             lines.append(f"  {k:<28}{_s(v['a']):>8}{_s(v['b']):>8}  {verdict}")
     if res.splits:

@@ -3,7 +3,8 @@
 Each entry names the divergence, what v5 (vmstate) does, what the running kernel does, which fields,
 counters or split outcomes it may change, and the test that shows it on this machine. ``vmstate diff``
 reports a difference it can attribute to one of these under that name and does not count it;
-``--disallow NAME`` counts it again. Three only ever annotate a diff (``split_eagain``,
+``--disallow NAME`` counts it again. Against a ``"variant": "6.18"`` simulation only
+``refcount_not_exported``, ``writable_upper_bound`` and ``split_trigger`` apply. Three only ever annotate a diff (``split_eagain``,
 ``split_trigger``, ``refcount_not_exported``: nothing compared changes). ``docs/divergences.md`` is
 this table in prose, with the measurements.
 """
@@ -59,8 +60,13 @@ DIVERGENCES = {d.name: d for d in [
         v5="the split op is debugfs split_huge_pages on the range",
         kernel="debugfs is refused under lockdown (EPERM): kernel-run splits with MADV_COLD on one "
                "4 KiB page of each THP (and deactivates that page)",
-        changes="nothing compared by itself (page flags are not compared); see "
-                "shared_folio_not_split for what MADV_COLD does not split",
+        changes="v5/v4.5: nothing compared by itself (page flags are not compared); see "
+                "shared_folio_not_split for what MADV_COLD does not split. A 6.18 simulation "
+                "(whose split op is debugfs split_huge_pages_pid()) allows no model divergence, so "
+                "here split_trigger explains what MADV_COLD does differently: a THP maybe mapped "
+                "shared is skipped (slot status, pmd, writable, freed frames, thp_split_page, "
+                "thp_split_pmd, split, nr_anon, split op outcomes), and a pinned THP's failed "
+                "split_folio() is counted (thp_split_page_failed, split_failed)",
         test="tests/test_divergences.py::test_split_trigger"),
     Divergence(
         "refcount_not_exported",

@@ -11,11 +11,15 @@ op             system calls (in the scenario process)
 ============== =======================================================================================
 mmap           mmap(MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE) at the scenario's address (no
                relocation: the workers run without address randomisation, far below the mmap base);
-               madvise(MADV_HUGEPAGE) (``thp = false``: MADV_NOHUGEPAGE); one non-zero byte written
-               into every page; then MADV_NOHUGEPAGE, so khugepaged leaves split ranges alone
+               madvise(MADV_HUGEPAGE) (``thp = false``: MADV_NOHUGEPAGE); one byte written into
+               every page, non-zero (``fill = "data"``) or zero (``fill = "zero"``: a write fault,
+               the page stays zero-filled); then MADV_NOHUGEPAGE, so khugepaged leaves split
+               ranges alone
 fork / exit    fork() / _exit()
 munmap         munmap()
-madvise_...    madvise(MADV_DONTNEED)
+madvise_...    madvise(MADV_DONTNEED), madvise(MADV_COLD), madvise(MADV_PAGEOUT) on exactly the range
+shrink         ``echo 2 > /proc/sys/vm/drop_caches`` from the controller (drop_slab(): every
+               shrinker, the deferred-split one among them, over the whole system)
 mprotect       mprotect(PROT_READ) or mprotect(PROT_READ|PROT_WRITE)
 pin / unpin    vmsplice() of the range into a pipe nobody reads (get_user_pages_fast, FOLL_GET: one
                reference per page) / the pipe closed. The controller holds the pipe, so a pin
@@ -32,6 +36,13 @@ split          debugfs ``split_huge_pages`` "<pid>,0x<start>,0x<end>" when writa
 snapshot       capture of every live process over the scenario's ranges into
                ``DIR/snapshots/<label>/``, listing every frame the run's processes ever mapped
 ============== =======================================================================================
+
+Per op the summary records the deltas of every ``/proc/vmstat`` name of ``VM_EVENTS`` (``vm_events``) and
+of every ``hugepages-2048kB/stats`` file of ``MTHP_STATS`` (``mthp_stats``; the gauges ``nr_anon`` and
+``nr_anon_partially_mapped`` as changes too), and the raw system-wide windows (``vmstat``, ``mthp``).
+``thp_fault_alloc`` / ``anon_fault_alloc`` are the run's own (the PMD-mapped THPs an mmap left) and
+``nr_anon`` the change in the run's own live THPs (every compound frame its processes map or a pin
+holds); the others are the op's window deltas.
 
 Per THP of a ``split`` the outcome comes from the ``thp_split_page``/``thp_split_page_failed`` delta
 around its madvise: ``split`` (0), ``failed`` (the kernel's -EAGAIN: an extra reference), or
@@ -51,22 +62,27 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from vmstate.kernels.constants import HPAGE_PMD_SIZE, VM_EVENTS
+from vmstate.kernels.constants import HPAGE_PMD_SIZE, MTHP_STATS, VARIANTS, VM_EVENTS
 from vmstate.bridge import kworker as _kworker, procfs
 from vmstate.bridge.capture import capture
 from vmstate.bridge.kprocess import Processes
 from vmstate.bridge.ksplit import probe_debugfs, split, unmount_debugfs
 from vmstate.io.atomic import TreeWriter, json_writer
-from vmstate.io.dataset import PAGEMAP, PAGES, parquet_writer, snapshot_totals
+from vmstate.io.dataset import PAGEMAP, PAGES, freed_frames, parquet_writer, snapshot_totals
 from vmstate.errors import BadInput
 from vmstate.io.export import KPF_ANON
 from vmstate.io.scenario import Op, Scenario, where
 
 __all__ = ["kernel_run", "KernelRun", "program", "prerequisites", "probe_debugfs", "unmount_debugfs",
-           "PIN_METHODS"]
+           "PIN_METHODS", "KERNEL_VARIANTS"]
 
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 PIN_METHODS = ("vmsplice", "io_uring")
+# The variants a kernel-run scenario may name: the ops run literally whatever the variant (6.18 is
+# the running kernel's own; it is accepted here before the engine has it).
+KERNEL_VARIANTS = tuple(dict.fromkeys((*VARIANTS, "6.18")))
+MADVICE = {"madvise_dontneed": _kworker.MADV_DONTNEED, "madvise_cold": _kworker.MADV_COLD,
+           "madvise_pageout": _kworker.MADV_PAGEOUT}
 
 
 def prerequisites() -> str | None:
@@ -144,7 +160,7 @@ class KernelRun:
         self.split_file, self.debugfs_mount, debugfs_why = probe_debugfs(self.libc)
         writer = TreeWriter(out, dirs=("snapshots",))  # out switches to this run on commit
         summary = {"scenario": self.scenario.name, "kernel": os.uname().release,
-                   "source": "kernel-run",
+                   "source": "kernel-run", "variant": self.scenario.variant,
                    "split_trigger": "debugfs" if self.split_file else "madv_cold",
                    "debugfs": "writable" if self.split_file else f"refused: {debugfs_why}",
                    "pin_method": self.pin_method, "processes": {}, "ops": [], "splits": [],
@@ -177,18 +193,30 @@ class KernelRun:
     def _op(self, op: Op, summary: dict, writer: TreeWriter):
         """Run one op and append its ``ops`` entry: the vmstat window around it, its own events."""
         f = op.fields
-        v0, t0 = procfs.read_vmstat(), time.perf_counter()
+        live0 = self._live_thps()
+        m0, v0, t0 = procfs.read_mthp_stats(MTHP_STATS), procfs.read_vmstat(), time.perf_counter()
         entry = {"op": op.index, "name": op.op}
         if "mm" in f:
             entry["mm"] = f["mm"]
         own = self._dispatch(op, summary, writer, entry)
-        entry["vmstat"] = procfs.thp_events(v0, procfs.read_vmstat())
+        v1, m1 = procfs.read_vmstat(), procfs.read_mthp_stats(MTHP_STATS)
+        seconds = time.perf_counter() - t0
+        live1 = self._live_thps()
+        entry["vmstat"] = procfs.thp_events(v0, v1)
+        entry["mthp"] = {k: m1[k] - m0[k] for k in m1 if k in m0 and m1[k] != m0[k]}
         # other processes fault THPs all the time (numpy madvises large arrays): this run's own
-        # faults are the THPs its mmap mapped; the rarer split counters are the window's deltas
-        entry["vm_events"] = {k: v for k, v in entry["vmstat"].items() if k != "thp_fault_alloc"}
-        if op.op == "mmap":
-            entry["vm_events"]["thp_fault_alloc"] = own["thp_fault_alloc"]
-        entry["seconds"] = round(time.perf_counter() - t0, 6)
+        # faults are the THPs its mmap mapped, its own nr_anon the change in its live THPs; the
+        # rarer split counters are the window's deltas
+        faults = own.get("thp_fault_alloc", 0)
+        entry["vm_events"] = {k: v1.get(k, 0) - v0.get(k, 0) for k in VM_EVENTS}
+        entry["vm_events"]["thp_fault_alloc"] = faults
+        if m1:
+            entry["mthp_stats"] = {k: m1[k] - m0[k] for k in MTHP_STATS if k in m0 and k in m1}
+            entry["mthp_stats"]["anon_fault_alloc"] = faults
+            entry["mthp_stats"]["nr_anon"] = live1 - live0
+        if op.op == "shrink":
+            entry["own"] = own
+        entry["seconds"] = round(seconds, 6)
         summary["ops"].append(entry)
         if op.op in ("mmap", "fork"):  # the only ops that map new frames (faults; fork copies a
             self._track()               # FOLL_PIN-pinned page for the child)
@@ -201,7 +229,7 @@ class KernelRun:
             case "mmap":
                 proc = procs.get_or_spawn(f["mm"])
                 procs.call(proc, "mmap", addr=f["addr"], length=f["len"], thp=f["thp"],
-                           fill=f.get("fill", "all"))
+                           fill=f.get("fill", "data"))
                 self.ranges.append((f["addr"], f["addr"] + f["len"]))
                 c = capture(procs.targets(proc), [self.ranges[-1]])
                 own["thp_fault_alloc"] = int(c.pagemap["pmd"].sum()) // 512
@@ -211,9 +239,15 @@ class KernelRun:
                 procs.exit(procs.live(f["mm"]))
             case "munmap":
                 procs.call(procs.live(f["mm"]), "munmap", addr=f["addr"], length=f["len"])
-            case "madvise_dontneed":
+            case "madvise_dontneed" | "madvise_cold" | "madvise_pageout":
                 procs.call(procs.live(f["mm"]), "madvise", addr=f["addr"], length=f["len"],
-                           advice=_kworker.MADV_DONTNEED)
+                           advice=MADVICE[op.op])
+            case "shrink":
+                before = self._own_thps()
+                procfs.drop_slab()
+                after = self._own_thps()
+                # drop_slab() shrinks every process's deferred queue: which of the run's THPs it split
+                own.update(thps_before=len(before), split=len(before - after))
             case "mprotect":
                 procs.call(procs.live(f["mm"]), "mprotect", addr=f["addr"], length=f["len"],
                            prot=f["prot"])
@@ -271,9 +305,24 @@ class KernelRun:
         anon = c.pages.filter((pl.col("flags") & (1 << KPF_ANON)) != 0)["pfn"]
         self.tracked.update(anon.to_list())
 
+    def _capture_all(self):
+        return capture(self.procs.targets(), self.ranges,
+                       extra_pfns=np.fromiter(self.tracked, np.int64, len(self.tracked)))
+
+    def _own_thps(self) -> set:
+        """Head pfns of the run's live THPs: compound frames its processes map, or that a pin holds
+        (the rules of ``freed_frames``)."""
+        if not self.ranges:
+            return set()
+        c = self._capture_all()
+        live = c.pages.filter(~pl.Series(freed_frames(c.pages, c.pagemap)))
+        return set(live["head_pfn"].drop_nulls().to_list())
+
+    def _live_thps(self) -> int:
+        return len(self._own_thps())
+
     def _snapshot(self, label, writer: TreeWriter) -> dict:
-        c = capture(self.procs.targets(), self.ranges,
-                    extra_pfns=np.fromiter(self.tracked, np.int64, len(self.tracked)))
+        c = self._capture_all()
         meta = {"vmstate.split_trigger": "debugfs" if self.split_file else "madv_cold"}
         writer.add(Path("snapshots", label, PAGEMAP), parquet_writer(c.pagemap,
                                                                      {**c.pagemap_meta, **meta}))
@@ -290,6 +339,11 @@ def _add_totals(summary: dict):
                 total[k] = total.get(k, 0) + v
     summary["vm_events"] = {k: own.get(k, 0) for k in VM_EVENTS}
     summary["vmstat"] = dict(sorted(system.items()))  # system-wide, over the op windows
+    parts = [e["mthp_stats"] for e in summary["ops"] if "mthp_stats" in e]
+    if parts:
+        summary["mthp_stats"] = {k: sum(p.get(k, 0) for p in parts) for k in MTHP_STATS}
+        summary["mthp"] = {k: sum(e.get("mthp", {}).get(k, 0) for e in summary["ops"])
+                           for k in MTHP_STATS}  # system-wide, over the op windows
 
 
 def kernel_run(scenario: Scenario, out, *, pin_method="vmsplice") -> dict:

@@ -6,8 +6,8 @@ and mappings into the process being measured). It re-executes itself once with `
 so that the scenario's addresses (``0x7f0000000000`` …) are far below the mmap base, and then serves
 requests on FD, a ``SOCK_SEQPACKET`` Unix socket: one JSON object per message, one reply each.
 
-Requests (``op``): ``mmap`` (MAP_FIXED_NOREPLACE at the scenario's address, MADV_HUGEPAGE, touch every
-page with non-zero data), ``munmap``, ``madvise``, ``mprotect``, ``split_pmd``, ``fork``, ``pin``,
+Requests (``op``): ``mmap`` (MAP_FIXED_NOREPLACE at the scenario's address, MADV_HUGEPAGE, a write into
+every page: a non-zero byte with ``fill = "data"``, a zero byte with ``fill = "zero"``), ``munmap``, ``madvise``, ``mprotect``, ``split_pmd``, ``fork``, ``pin``,
 ``exit``. ``fork`` is a real fork(): the child serves a new socket whose other end goes back to the
 controller with the reply (SCM_RIGHTS). A vmsplice ``pin`` hands the pipe holding the pages to the
 controller and closes its own copies, so the pin outlives the process as a vmstate pin does, and fork
@@ -93,7 +93,7 @@ class Worker:
         self.rings = {}  # io_uring instances holding registered-buffer pins
 
     # ---- requests -------------------------------------------------------------------------
-    def op_mmap(self, addr, length, thp=True, fill="all"):
+    def op_mmap(self, addr, length, thp=True, fill="data"):
         lib = self.lib
         got = lib.mmap(addr, length, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
@@ -104,8 +104,10 @@ class Worker:
         _check(lib.madvise(addr, length, MADV_HUGEPAGE if thp else MADV_NOHUGEPAGE),
                "madvise(MADV_HUGEPAGE)" if thp else "madvise(MADV_NOHUGEPAGE)")
         view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
-        if fill == "all":    # one non-zero byte in every 4 KiB page, in address order
+        if fill in ("data", "all"):  # one non-zero byte in every 4 KiB page, in address order
             view[::PAGE] = bytes([FILL]) * (length // PAGE)
+        elif fill == "zero":  # a write fault of a zero byte: every page faulted in, zero-filled
+            view[::PAGE] = bytes(length // PAGE)
         elif fill == "first":  # one byte in the first page of each 2 MiB slot: a THP fault maps
             for a in range(addr, addr + length, PAGE):  # the whole slot, the rest zero-filled
                 if a == addr or a % HPAGE == 0:

@@ -177,6 +177,30 @@ def read_vmstat() -> dict[str, int]:
         return {k: int(v) for k, v in (line.split() for line in f)}
 
 
+MTHP_STATS_DIR = "/sys/kernel/mm/transparent_hugepage/hugepages-2048kB/stats"
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+
+
+def read_mthp_stats(names) -> dict[str, int]:
+    """``hugepages-2048kB/stats/<name>`` for each of ``names`` (a missing file, before 6.9 or without
+    that size: left out)."""
+    out = {}
+    for name in names:
+        try:
+            with open(os.path.join(MTHP_STATS_DIR, name)) as f:
+                out[name] = int(f.read())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def drop_slab():
+    """``echo 2 > /proc/sys/vm/drop_caches``: drop_slab() runs every shrinker over all its objects,
+    the deferred-split shrinker (``deferred_split_scan()``) among them."""
+    with open(DROP_CACHES, "w") as f:
+        f.write("2")
+
+
 def thp_events(before: dict, after: dict) -> dict[str, int]:
     """The ``thp_*`` counters that changed between two ``read_vmstat()`` readings."""
     return {k: after[k] - before.get(k, 0) for k in after

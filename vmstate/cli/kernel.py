@@ -158,9 +158,10 @@ def _capture(args) -> int:
 
 
 def _kernel_run(args) -> int:
-    from vmstate.bridge.kernel_run import kernel_run
+    from vmstate.bridge.kernel_run import KERNEL_VARIANTS, kernel_run
     from vmstate.io.scenario import load_scenario
-    summary = kernel_run(load_scenario(args.scenario), args.out, pin_method=args.pin_method)
+    summary = kernel_run(load_scenario(args.scenario, variants=KERNEL_VARIANTS), args.out,
+                         pin_method=args.pin_method)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -168,6 +169,9 @@ def _kernel_run(args) -> int:
           f"{summary['split_trigger']}; debugfs {summary['debugfs']}; pins by {summary['pin_method']})")
     print("vm_events (this run's THP faults; split counters: /proc/vmstat deltas over its ops):")
     print("\n".join(f"  {k:<28}{v:>12}" for k, v in summary["vm_events"].items()))
+    if "mthp_stats" in summary:
+        print("mthp_stats (hugepages-2048kB/stats; anon_fault_alloc, nr_anon: this run's own):")
+        print("\n".join(f"  {k:<28}{v:>12}" for k, v in summary["mthp_stats"].items()))
     for s in summary["splits"]:
         print(f"  split op {s['op']} {s['mm']}: {s['attempted']} attempted, {s['succeeded']} "
               f"succeeded, {s['failed']} failed ({s['skipped']} skipped: shared)")

@@ -2,6 +2,13 @@
 
 ``flags`` uses the ``/proc/kpageflags`` bit layout (``include/uapi/linux/kernel-page-flags.h``),
 translated from the PG_* bits; ``mapcount`` is what ``/proc/kpagecount`` reports.
+
+The shared zero page (pfn ``ZERO_PFN``, 6.18's zero-page remap of a split) is written as the running
+kernel shows it (measured on Linux 6.18.44, ``vmstate capture``): each PTE mapping it is a pagemap row
+with ``present`` true, ``writable`` false (pagemap bit 56, "mapped exclusively", is clear), ``pmd``
+false; and while any PTE maps it, ``pages`` has one row for it with ``flags`` KPF_ZERO_PAGE |
+KPF_RESERVED, ``mapcount`` 0 (kpagecount of the zero page), ``refcount`` null (not refcounted in the
+model; /proc has none) and no ``head_pfn``.
 """
 import numpy as np
 import polars as pl
@@ -10,8 +17,8 @@ import polars as pl
 from vmstate.kernels.constants import (
     HPAGE_PMD_NR, PG_active, PG_dirty, PG_error, PG_head, PG_hwpoison, PG_locked, PG_lru,
     PG_mlocked, PG_reclaim, PG_referenced, PG_slab, PG_swapbacked, PG_swapcache, PG_tail,
-    PG_unevictable, PG_uptodate, PG_writeback, PTE_PFN_MASK, PTE_PFN_SHIFT, _PAGE_PRESENT,
-    _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
+    PG_unevictable, PG_uptodate, PG_writeback, PTE_PFN_MASK, PTE_PFN_SHIFT, ZERO_PFN,
+    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
 )
 
 N = HPAGE_PMD_NR
@@ -20,7 +27,10 @@ KPF_LOCKED, KPF_ERROR, KPF_REFERENCED, KPF_UPTODATE, KPF_DIRTY, KPF_LRU, KPF_ACT
 KPF_WRITEBACK, KPF_RECLAIM, KPF_BUDDY, KPF_MMAP, KPF_ANON, KPF_SWAPCACHE, KPF_SWAPBACKED = range(8, 15)
 KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE, KPF_UNEVICTABLE, KPF_HWPOISON = range(15, 20)
 KPF_NOPAGE, KPF_KSM, KPF_THP = 20, 21, 22
+KPF_ZERO_PAGE, KPF_RESERVED = 24, 32
 KPF_MLOCKED = 33
+# /proc/kpageflags of the shared zero page (fs/proc/page.c: is_zero_pfn(), PageReserved)
+ZERO_PAGE_KPF = (1 << KPF_ZERO_PAGE) | (1 << KPF_RESERVED)
 
 # (PG bit, KPF bit) copied straight from the page's own flags (fs/proc/page.c:stable_page_flags).
 PG_TO_KPF = [(PG_locked, KPF_LOCKED), (PG_error, KPF_ERROR), (PG_referenced, KPF_REFERENCED),
@@ -71,10 +81,36 @@ def page_columns(state):
 
 def pages_frame(state) -> pl.DataFrame:
     pfn, kpf, mapcount, refcount, head = page_columns(state)
-    return pl.DataFrame({
+    frame = pl.DataFrame({
         "pfn": pfn.astype(np.uint64), "flags": kpf, "mapcount": mapcount, "refcount": refcount,
         "head_pfn": pl.Series(head.astype(np.uint64)).set(pl.Series(head < 0), None),
     }, schema=PAGES_SCHEMA)
+    if zero_page_mapped(state):
+        zero = pl.DataFrame({"pfn": [ZERO_PFN], "flags": [ZERO_PAGE_KPF], "mapcount": [0],
+                             "refcount": [None], "head_pfn": [None]}, schema=PAGES_SCHEMA)
+        frame = pl.concat([zero, frame]).sort("pfn")
+    return frame
+
+
+def zero_page_mapped(state) -> bool:
+    """Whether a PTE of a live process maps the shared zero page (pfn ``ZERO_PFN``)."""
+    tables = []
+    for mm in state.mms.values():
+        if not mm.alive or not len(mm.rows):
+            continue
+        entries = np.asarray(state.pmd)[np.asarray(mm.rows)].astype(np.uint64)
+        table = (entries & np.uint64(_PAGE_PRESENT)) != 0
+        table &= (entries & np.uint64(_PAGE_PSE)) == 0
+        tables.append(np.asarray(state.pte_table)[np.asarray(mm.rows)[table]])
+    if not tables:
+        return False
+    ids = np.unique(np.concatenate(tables)).astype(np.int64)
+    ids = ids[ids >= 0]
+    if not len(ids):
+        return False
+    e = state.ptes[ids]
+    return bool((((e & np.uint64(_PAGE_PRESENT)) != 0)
+                 & (((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(PTE_PFN_SHIFT)) == ZERO_PFN)).any())
 
 
 def pagemap_frame(state) -> pl.DataFrame:

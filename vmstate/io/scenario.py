@@ -115,21 +115,24 @@ def _show(value) -> str:
 # Reading the file
 
 
-def load_scenario(path, *, external_processes: bool = False) -> Scenario:
+def load_scenario(path, *, external_processes: bool = False, variants=None) -> Scenario:
     """Read and check a scenario file; raise BadInput for anything the contract does not allow.
     ``external_processes``: the ops may name processes the file does not create (the run starts
-    from a loaded capture, ``vmstate run --from-capture``); only the engine can refuse those."""
+    from a loaded capture, ``vmstate run --from-capture``); only the engine can refuse those.
+    ``variants``: the accepted ``[scenario] variant`` names (default: the engine's, ``VARIANTS``;
+    ``vmstate kernel-run`` runs the ops literally and also takes ``"6.18"``)."""
     path = Path(path)
     text = _read_text(path)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BadInput(_toml_error(path, text, e)) from None
-    return parse_scenario(doc, path, _header_lines(text), external_processes=external_processes)
+    return parse_scenario(doc, path, _header_lines(text), external_processes=external_processes,
+                          variants=variants)
 
 
 def parse_scenario(doc: dict, path="<api>", lines: dict | None = None, *,
-                   external_processes: bool = False) -> Scenario:
+                   external_processes: bool = False, variants=None) -> Scenario:
     """Check a scenario given as the TOML document's Python data (what :func:`load_scenario` does
     after reading the file; ``vmstate.batch.api.parse`` builds scenarios with it). ``lines``: the header
     lines of ``_header_lines()``, when there is a text to count them in."""
@@ -141,7 +144,8 @@ def parse_scenario(doc: dict, path="<api>", lines: dict | None = None, *,
         if key not in TOP_LEVEL:
             _Ctx(str(path)).fail(f"unknown top-level table or key '{key}' (expected "
                                  f"{', '.join(TOP_LEVEL)})")
-    name, seed, variant = _check_scenario_table(path, doc.get("scenario"), lines["scenario"])
+    name, seed, variant = _check_scenario_table(path, doc.get("scenario"), lines["scenario"],
+                                                variants or VARIANTS)
     population = doc.get("population")
     if population is not None and not isinstance(population, dict):
         _Ctx(str(path)).expected("population", "a table [population]", population)
@@ -204,7 +208,8 @@ def _header_lines(text: str) -> dict:
     return {"scenario": found["scenario"][0] if found["scenario"] else None, "op": found["op"]}
 
 
-def _check_scenario_table(path: Path, table, line: int | None) -> tuple[str, int, str]:
+def _check_scenario_table(path: Path, table, line: int | None,
+                          variants=VARIANTS) -> tuple[str, int, str]:
     ctx = _Ctx(where(path, table="scenario", line=line))
     if table is None:
         _Ctx(str(path)).fail('missing table [scenario] (expected at least name = "...")')
@@ -223,8 +228,8 @@ def _check_scenario_table(path: Path, table, line: int | None) -> tuple[str, int
     if type(seed) is not int or not 0 <= seed < 1 << 64:
         ctx.expected("seed", "an integer in [0, 2**64)", seed)
     variant = table.get("variant", "v5")
-    if variant not in VARIANTS:
-        ctx.expected("variant", f"one of {', '.join(repr(v) for v in VARIANTS)}", variant)
+    if variant not in variants:
+        ctx.expected("variant", f"one of {', '.join(repr(v) for v in variants)}", variant)
     return name, seed, variant
 
 
