@@ -428,8 +428,11 @@ def debugfs_split_skips(page):
 
 @njit(cache=True, inline="always")
 def thp_underused(page):
-    """Mirror of ``thp_underused()`` (with the Sep 2025 fix for max_ptes_none = 511): more than
+    """Mirror of ``thp_underused()`` as 6.18.44 runs it: never at ``max_ptes_none`` = 511 (its early
+    ``return false`` is still there: measured, docs/variant-6.18.md); else more than
     ``max_ptes_none`` subpages hold only zeros."""
+    if KHUGEPAGED_MAX_PTES_NONE == HPAGE_PMD_NR - 1:
+        return False
     filled = 0
     data = page["data"]
     for w in range(HPAGE_PMD_NR // 64):

@@ -695,9 +695,13 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
 
     @staticmethod
     def thp_underused(folio: Page) -> bool:
-        """`thp_underused()` after "mm/huge_memory: fix shrinking of all-zero THPs with
-        max_ptes_none default" (no early return at max_ptes_none 511): more than max_ptes_none
-        zero-filled pages."""
+        """`mm/huge_memory.c:thp_underused()` as the running 6.18.44 behaves: "if
+        (khugepaged_max_ptes_none == HPAGE_PMD_NR - 1) return false;" is still there (measured:
+        `echo 2 > drop_caches` splits no all-zero THP at max_ptes_none 511, and counts no
+        thp_underused_split_page; the Sep 2025 fix is not in this kernel); else more than
+        max_ptes_none zero-filled pages."""
+        if KHUGEPAGED_MAX_PTES_NONE == N - 1:
+            return False
         num_zero_pages = num_filled_pages = 0
         for i in range(N):
             if not folio.block[i].data:  # pages_identical(page, ZERO_PAGE(0))

@@ -69,7 +69,9 @@ def _merge(parts: list[dict]) -> dict:
         row[k] = total(k)
     row["failure_rate"] = row["failed"] / row["attempted"] if row["attempted"] else None
     row |= {f"fail_{r}": total(f"fail_{r}") for r in REASON_NAMES}
-    row |= {k: total("vm_events", k) for k in VM_EVENTS}
+    # a counter the run's variant does not have (v5 and 4.5 keep five) is null
+    row |= {k: total("vm_events", k) if all(k in p["vm_events"] for p in parts) else None
+            for k in VM_EVENTS}
     row |= {k: total("costs", k) for k in COSTS}
     for k in MEAN_COUNTERS:
         row[f"{k}_per_failed"] = total("sum_failed", k) / row["failed"] if row["failed"] else None
