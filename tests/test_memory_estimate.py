@@ -97,7 +97,7 @@ def test_every_mapping_and_pin_counts():
     shared = population_estimate(parse_population({"thps": 1000, "shared": 1.0, "mappers": 3}))
     pinned = population_estimate(parse_population({"thps": 1000, "pinned": 1.0}))
     assert shared.parts["mappings"] == 3 * one.parts["mappings"]  # every mapper: PMD + PTE table
-    assert shared.parts["blocks"] == one.parts["blocks"] == 1000 * 6168
+    assert shared.parts["blocks"] == one.parts["blocks"] == 1000 * 6264
     assert pinned.parts["pins"] > 0 == one.parts["pins"]
     grown = estimate(blocks=1000, mappings=1000, grown=True)
     assert grown.parts["blocks"] == 2 * one.parts["blocks"]

@@ -213,19 +213,30 @@ def test_pageout_zero_filled_pages_are_freed():
     assert d["vm_events"]["thp_swpout_fallback"] == 1
 
 
-def test_shrink_underused_all_zero_thp():
+def test_shrink_leaves_all_zero_thps_whole_at_max_ptes_none_511():
+    """thp_underused() returns false at max_ptes_none 511 on 6.18.44 (measured): an all-zero THP and
+    a data THP both leave the queue whole; nothing is counted."""
     s = ReferenceState(V)
     s.mmap("a", BASE, MB2, fill="zero")
-    s.mmap("a", BASE + MB2, MB2)  # data: not underused, leaves the queue
-    s.shrink()
+    s.mmap("a", BASE + MB2, MB2)
+    assert s.shrink() == []
     d = s.dump()
-    assert d["vm_events"] == events(thp_fault_alloc=2, thp_split_pmd=1, thp_split_page=1,
-                                    thp_underused_split_page=1)
-    assert d["mthp_stats"] == mthp(anon_fault_alloc=2, split=1, nr_anon=1)
-    assert d["deferred"] == [] and d["pmds"] == {("a", BASE + MB2): (HEAD1 << 12) | HUGE_PMD}
+    assert d["vm_events"] == events(thp_fault_alloc=2)
+    assert d["mthp_stats"] == mthp(anon_fault_alloc=2, nr_anon=2)
+    assert d["deferred"] == [] and len(d["pmds"]) == 2 and d["costs"]["pages_freed"] == 0
+
+
+def test_pageout_maps_an_all_zero_thp_to_the_zero_page():
+    """MADV_PAGEOUT of a whole exclusive all-zero THP: reclaim splits it (thp_swpout_fallback) and
+    remap_page() maps every subpage to the shared zero page; all 512 frames are freed."""
+    s = ReferenceState(V)
+    s.mmap("a", BASE, MB2, fill="zero")
+    s.madvise_pageout("a", BASE, MB2)
+    d = s.dump()
+    assert d["vm_events"] == events(thp_fault_alloc=1, thp_split_pmd=1, thp_split_page=1,
+                                    thp_swpout_fallback=1)
+    assert d["mthp_stats"] == mthp(anon_fault_alloc=1, split=1, swpout_fallback=1)
     assert set(ptes_of(d, "a").values()) == {ZERO_PTE} and d["costs"]["pages_freed"] == N
-    s.shrink()  # nothing queued
-    assert s.dump()["vm_events"]["thp_split_page"] == 1
 
 
 def test_shrink_pinned_partially_mapped_stays_queued():

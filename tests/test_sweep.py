@@ -89,7 +89,7 @@ def test_plan_is_the_grid_then_the_sample_times_the_seeds():
     ({"grid": {"pinned": [0.1, "x"]}}, "[grid]: field 'pinned': expected fractions, got 'x'"),
     ({"grid": {"pined": [0.1]}}, "[grid]: field 'pined': unknown key"),
     ({"grid": {"mappers": [1, 2]}}, "run mappers=1: field 'mappers': shared THPs need mappers >= 2"),
-    ({"grid": {"variant": ["v5", "v6"]}}, "expected one of 'v5', 'v4.5', got 'v6'"),
+    ({"grid": {"variant": ["v5", "v6"]}}, "expected one of 'v5', 'v4.5', '6.18', got 'v6'"),
     ({"sweep": {"seeds": []}}, "[sweep]: field 'seeds'"),
     ({"sweep": {"shards": 65}}, "expected at most thps = 64 shards"),
     ({"sample": {"n": 2, "pinned": [0.5, 0.1]}}, "[sample]: field 'pinned': expected lo <= hi"),

@@ -9,7 +9,7 @@ populations split in a fresh process.
 Per part (the records of :mod:`vmstate.engine.dtypes`; Python objects as measured with
 ``tracemalloc`` on CPython 3.11):
 
-- a 2 MiB block of page frames: one ``PAGE_BLOCK_DTYPE`` record (6168 bytes);
+- a 2 MiB block of page frames: one ``PAGE_BLOCK_DTYPE`` record (6264 bytes);
 - a mapping of a THP (each process that maps it, fork copies included): a ``PMD_DTYPE`` record
   (32), its slot and row in ``Mm.haddrs``/``Mm.rows`` (16), and a ``PTE_TABLE_DTYPE`` table (4096):
   a split PMD's, or the one a split of a huge PMD withdraws (``MemoryState.withdraw_tables``; a
