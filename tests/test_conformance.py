@@ -85,3 +85,55 @@ def test_kernel_run_json(tmp_path, capsys):
     assert (tmp_path / "summary.json").is_file()
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["after-munmap",
                                                                            "after-split"]
+
+
+# ---- 6.18: the simulator's third variant against the kernel it models ---------------------------
+
+SCENARIOS_618 = SCENARIOS.parent / "scenarios-6.18"
+# What a 6.18 simulation may lean on: what /proc cannot show, and the kernel's own nondeterminism.
+ALLOWED_618 = {"refcount_not_exported", "writable_upper_bound", "shrinker_passes"}
+
+
+def _diff_618(scenario, tmp_path):
+    """Simulated under 6.18 and run on the kernel, diffed; a run whose only differences are
+    system-wide counters moved by another process (or a transient extra reference: an -EAGAIN in
+    a scenario without pins) is run again, up to three times, as test_conformance does."""
+    import dataclasses
+    scenario = dataclasses.replace(scenario, variant="6.18")
+    pinned = any(op.op == "pin" for op in scenario.ops)
+    for attempt in range(3):
+        out = tmp_path / str(attempt)
+        _, real = run_both(scenario, out)
+        res = diff(out / "sim", out / "kernel")
+        states_agree = all(not s.get("unexplained_slots") and not s.get("freed", {}).get("differs")
+                           and "missing" not in s for s in res.snapshots.values())
+        failed = res.vm_events.get("thp_split_page_failed", {})
+        transient = not pinned and (failed.get("b") or 0) > (failed.get("a") or 0)
+        if res.differences == 0 or not (states_agree or transient):
+            break
+    return res, real
+
+
+@needs_kernel
+@pytest.mark.parametrize("path", sorted(SCENARIOS_618.glob("*.toml")), ids=lambda p: p.stem)
+def test_conformance_618(path, tmp_path):
+    """The named 6.18 scenarios (built from what the kernel does here, no split op): an empty
+    diff, leaning on nothing but what /proc cannot show and the shrinker's repeated passes."""
+    res, _ = _diff_618(load_scenario(path), tmp_path)
+    assert res.differences == 0, render(res)
+    assert set(res.divergences) <= ALLOWED_618, render(res)
+
+
+@needs_kernel
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
+def test_classic_scenarios_under_618(path, tmp_path):
+    """Every classic scenario with ``--variant 6.18``: the only differences left are those its split
+    ops explain (``split_trigger``: debugfs is locked, kernel-run splits with MADV_COLD, which passes
+    over shared THPs and counts a pinned THP's failed try)."""
+    scenario = load_scenario(path)
+    why = _simulator_only(scenario)
+    if why:
+        pytest.skip(why)
+    res, _ = _diff_618(scenario, tmp_path)
+    assert res.differences == 0, render(res)
+    assert set(res.divergences) <= ALLOWED_618 | {"split_trigger"}, render(res)

@@ -54,7 +54,10 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
                 res = _apply(state, op, scenario.seed)
                 split_results.append((op.index, op.fields["mm"], res))
                 splits.append({"op": op.index, "mm": op.fields["mm"], "attempted": int(res.attempted),
-                               "succeeded": int(res.succeeded), "failed": int(res.failed)})
+                               "succeeded": int(res.succeeded), "failed": int(res.failed),
+                               **({"walked_to": res.walked_to,
+                                   "end": op.fields["addr"] + op.fields["len"]}
+                                  if res.walked_to is not None else {})})
             elif op.op == "shrink":
                 res = _apply(state, op)
                 shrinks.append({"op": op.index, "queued": int(res.queued),

@@ -322,12 +322,29 @@ class KernelRun:
         return len(self._own_thps())
 
     def _snapshot(self, label, writer: TreeWriter) -> dict:
+        lru_add_drain_all()
         c = self._capture_all()
         meta = {"vmstate.split_trigger": "debugfs" if self.split_file else "madv_cold"}
         writer.add(Path("snapshots", label, PAGEMAP), parquet_writer(c.pagemap,
                                                                      {**c.pagemap_meta, **meta}))
         writer.add(Path("snapshots", label, PAGES), parquet_writer(c.pages, {**c.pages_meta, **meta}))
         return snapshot_totals(c.pages, c.pagemap)
+
+
+def lru_add_drain_all() -> bool:
+    """Drain every CPU's LRU folio batches before a capture, so that what they still hold (the
+    last folios of a reclaim, each with a reference: a frame nothing maps is freed only when its
+    batch drains) does not show as a frame the simulation freed and the kernel kept. There is no
+    system call for ``lru_add_drain_all()`` itself: ``migrate_pages(0, ..., {0}, {0})`` runs it
+    (``do_migrate_pages()``: ``lru_cache_disable()``) and moves nothing, from node 0 to node 0.
+    Returns False where the call is refused (no NUMA, or an older kernel)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    nodes = ctypes.c_ulong(1)
+    sys_migrate_pages = 256  # x86-64
+    ret = libc.syscall(sys_migrate_pages, 0, ctypes.c_ulong(64), ctypes.byref(nodes),
+                       ctypes.byref(nodes))
+    return ret >= 0
 
 
 def _add_totals(summary: dict):

@@ -38,6 +38,7 @@ class SplitResult:
     costs: np.ndarray | None = None    # [thp, COSTS] what each THP's split cost
     events: np.ndarray | None = None   # [thp, VM_EVENTS] the events each THP's split counted
     queued: int | None = None          # shrink: the THPs on the deferred queue before it ran
+    walked_to: int | None = None       # 6.18 debugfs: where its address walk ended (the first hole)
 
     def frame(self):
         """One row per THP: ``head_pfn``, ``ret``, ``reason`` and every cost and event counter."""
@@ -262,6 +263,7 @@ def split(state, mm, addr, length, race: Race | None = None) -> SplitResult:
     res = split_thps(state, thps_mapped(state, m, addr, end), race=race, mm=mm, debugfs=True)
     if race is not None:
         _split_again(state, m, addr, end, res)
+    res.walked_to = end
     return res
 
 
