@@ -80,6 +80,9 @@ def count_thp_faults(events, n):
     """The counters of ``n`` THP faults (``thp_fault_alloc``; 6.18 also mthp ``anon_fault_alloc``)."""
 
 
+VMA_MERGE = _Declared("whether mprotect merges the VMAs it changed with compatible neighbours "
+                      "(vma_merge(): 6.18, where the running kernel shows it; v5 and 4.5 keep the "
+                      "seed's no-merge rule)")
 LARGE_FOLIO_FIELDS = _Declared("whether the variant keeps the large-folio fields (_large_mapcount, "
                                "_nr_pages_mapped, the MM slots: 6.18)")
 MADV_COLD_PAGEOUT = _Declared("whether the variant's kernel has MADV_COLD and MADV_PAGEOUT (v5.4+)")

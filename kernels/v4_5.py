@@ -65,7 +65,8 @@ def count_thp_faults(events, n):
 
 NEW_ANON_PAGE_FLAGS = 0
 MADV_COLD_PAGEOUT = False
-LARGE_FOLIO_FIELDS = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
+LARGE_FOLIO_FIELDS = False
+VMA_MERGE = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
 MPROTECT_WRITABLE_EXCLUSIVE = False  # private anonymous entries become writable on a write fault
 
 

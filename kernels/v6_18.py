@@ -193,6 +193,7 @@ def count_thp_faults(events, n):
 
 MADV_COLD_PAGEOUT = True
 LARGE_FOLIO_FIELDS = True
+VMA_MERGE = True  # mprotect_fixup() -> vma_modify_flags() merges with compatible neighbours
 NEW_ANON_PAGE_FLAGS = _AE  # do_anonymous_page(): folio_add_new_anon_rmap(RMAP_EXCLUSIVE)
 # change_pte_range(MM_CP_TRY_CHANGE_WRITABLE): can_change_pte_writable() of a private anonymous page
 MPROTECT_WRITABLE_EXCLUSIVE = True

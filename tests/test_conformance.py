@@ -137,3 +137,19 @@ def test_classic_scenarios_under_618(path, tmp_path):
     res, _ = _diff_618(scenario, tmp_path)
     assert res.differences == 0, render(res)
     assert set(res.divergences) <= ALLOWED_618 | {"split_trigger"}, render(res)
+
+
+RANDOM_618 = int(__import__("os").environ.get("VMSTATE_RANDOM_CONFORMANCE", "12"))
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed", range(RANDOM_618))
+def test_random_scenarios_618(seed, tmp_path):
+    """Scenarios a new user might write with the same ops (tests/random_scenarios.py, one per seed;
+    ``VMSTATE_RANDOM_CONFORMANCE`` sets how many): an empty diff under 6.18 as for the named set."""
+    from random_scenarios import scenario, to_toml
+    from vmstate.io.scenario import parse_scenario
+    doc = scenario(seed)
+    res, _ = _diff_618(parse_scenario(doc, f"<random {seed}>"), tmp_path)
+    assert res.differences == 0, to_toml(doc) + "\n" + render(res)
+    assert set(res.divergences) <= ALLOWED_618, render(res)

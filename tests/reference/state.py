@@ -630,10 +630,30 @@ class ReferenceState:
             raise BadInput(f"prot {prot!r}: expected 'r' or 'rw'", field="prot")
         self._check_mapped(proc, addr, end)
         vm_flags = VM_READ | (VM_WRITE if prot == "rw" else 0)
+        changed = False
         for vma in proc.vmas_overlapping(addr, end):
             newflags = vm_flags | (vma.vm_flags & ~(VM_READ | VM_WRITE | VM_EXEC))
+            changed |= newflags != vma.vm_flags
             self.mprotect_fixup(proc, vma, max(addr, vma.vm_start), min(end, vma.vm_end),
                                 newflags)
+        if changed and self.VMA_MERGE:
+            self._merge_vmas(proc, addr, end)
+
+    #: Whether mprotect merges the VMAs it changed with compatible neighbours (vma_merge()): 6.18,
+    #: where it is observable against the running kernel; v5 and v4.5 keep the seed's no-merge rule.
+    VMA_MERGE = False
+
+    def _merge_vmas(self, proc: MmStruct, addr: int, end: int) -> None:
+        """Mirror of what `mm/vma.c:vma_modify_flags()` leaves after `mprotect_fixup()` of every VMA
+        of ``[addr, end)``: each changed VMA merged with an adjacent one (its neighbours outside the
+        range too) of the same flags and anon_vma whose pgoff follows on (`can_vma_merge_after()`)."""
+        window = [v for v in proc.vmas if v.vm_end >= addr and v.vm_start <= end]
+        for prev, vma in zip(window, window[1:]):
+            if (prev.vm_end == vma.vm_start and prev.vm_flags == vma.vm_flags
+                    and prev.anon_vma is vma.anon_vma
+                    and prev.vm_pgoff + prev.pages() == vma.vm_pgoff):
+                vma.vm_start, vma.vm_pgoff = prev.vm_start, prev.vm_pgoff  # vma absorbs prev
+                self._remove_vma(proc, prev)
 
     def pin(self, mm: str, addr: int, length: int) -> None:
         """get_user_pages_fast() on every page (gup_pte_range()/gup_huge_pmd()): one reference each,

@@ -128,6 +128,7 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
     """``ReferenceState("6.18")``: the shared machine with mainline 6.18's folio arithmetic."""
 
     HAS_MADV_COLD = True
+    VMA_MERGE = True
     page_mapcount = staticmethod(page_mapcount)
     total_mapcount = staticmethod(total_mapcount)
 

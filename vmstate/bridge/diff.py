@@ -38,6 +38,7 @@ import polars as pl
 from vmstate.kernels.constants import HPAGE_PMD_SIZE, VM_EVENTS
 from vmstate.bridge import procfs
 from vmstate.io.dataset import PAGEMAP, PAGES, SUMMARY, Dataset, freed_frames, read_dataset
+from vmstate.io.export import KPF_ZERO_PAGE
 from vmstate.bridge.divergences import DIVERGENCES
 from vmstate.errors import BadInput
 
@@ -316,13 +317,19 @@ def _diff_snapshot(res: DiffResult, da: Dataset, db: Dataset, allowed, skipped, 
 
 
 def _diff_freed(res, da, db, va, vb, j, allowed) -> dict:
+    """Freed frames, compared as the frames still in use (listed, not free): a frame the kernel
+    freed and gave the run again (a later fault) is one row in a capture and two in a simulation,
+    whose frames are never reused, so the freed counts differ by the reuse and the in-use counts
+    do not."""
     fa = int(freed_frames(da.pages, da.pagemap).sum())
     fb = int(freed_frames(db.pages, db.pagemap).sum())
-    out = {"a": fa, "b": fb}
-    if fa == fb:
+    ua, ub = da.pages.height - fa - _zero_rows(da), db.pages.height - fb - _zero_rows(db)
+    out = {"a": fa, "b": fb, "in_use": {"a": ua, "b": ub}}
+    if ua == ub:
         return out
     if res.sim is not None:
-        sim_f, real_f = (fa, fb) if res.sim == "a" else (fb, fa)
+        # in the frames in use: the simulator's fewer in use is the kernel's more freed
+        sim_f, real_f = (-ua, -ub) if res.sim == "a" else (-ub, -ua)
         real_ds, real_v = (db, vb) if res.sim == "a" else (da, va)
         zero = int(real_v["zero"].sum()) if "zero_page_remap" in allowed else 0
         # frames of THPs the kernel left whole that no process maps: the simulator's split freed them
@@ -339,6 +346,12 @@ def _diff_freed(res, da, db, va, vb, j, allowed) -> dict:
     out["differs"] = True
     res.differences += 1
     return out
+
+
+def _zero_rows(ds: Dataset) -> int:
+    """The shared zero page's row, where a dataset lists it (not a frame of the run)."""
+    flags = ds.pages["flags"]
+    return int(((flags & (1 << KPF_ZERO_PAGE)) != 0).sum()) if ds.pages.height else 0
 
 
 def _shrinker_excess(res: DiffResult) -> int:
