@@ -1,5 +1,6 @@
-"""What did mainline 4.5's PG_double_map buy over the v5 permanent offset? Per variant and operation:
-subpage ``_mapcount`` writes, atomic operations, PTE writes, and µs per THP.
+"""What did mainline 4.5's PG_double_map buy over the v5 permanent offset, and what do 6.18's folio
+fields cost? Per variant (v5, v4.5, 6.18) and operation: mapcount writes, atomic operations, PTE
+writes, and µs per THP.
 
 Usage::
 
@@ -29,7 +30,7 @@ from benchmarks._machine import machine  # noqa: E402
 
 A = 0x100000000000
 M2 = 2 << 20
-VARIANTS = ("v5", "v4.5")
+VARIANTS = ("v5", "v4.5", "6.18")
 
 
 def fork_heavy(n):
@@ -95,8 +96,9 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", type=Path, help="write a PNG chart here")
     args = ap.parse_args(argv)
-    time_engine("partial_unmap", "v5", 8)  # compile outside the timing
-    time_engine("partial_unmap", "v4.5", 8)
+    for variant in VARIANTS:  # compile outside the timing
+        time_engine("partial_unmap", variant, 8)
+        time_engine("fork_heavy", variant, 8)
     rows = []
     for workload in WORKLOADS:
         for variant in VARIANTS:
@@ -130,11 +132,12 @@ def plot(rows, path):
         for row, (metric, title) in enumerate((("atomics", "atomic ops per THP (mapcount + refcount)"),
                                                ("us_per_thp", "engine µs per THP"))):
             ax = axes[row, col]
-            width = 0.38
+            width = 0.8 / len(VARIANTS)
             for k, variant in enumerate(VARIANTS):
                 vals = [next(r[metric] for r in sub if r["op"] == op and r["variant"] == variant)
                         for op in ops]
-                ax.bar([i + (k - 0.5) * width for i in range(len(ops))], vals, width, label=variant)
+                ax.bar([i + (k - (len(VARIANTS) - 1) / 2) * width for i in range(len(ops))], vals,
+                       width, label=variant)
             ax.set_xticks(range(len(ops)), ops, rotation=20)
             ax.set_title(f"{workload}: {title}")
             ax.legend()

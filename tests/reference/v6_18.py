@@ -134,17 +134,21 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
 
     # ---- MM-owner tracking (include/linux/rmap.h, v6.15+, CONFIG_MM_ID) --------------------------
 
-    @staticmethod
-    def folio_set_large_mapcount(folio: Page, mapcount: int, vma: VmAreaStruct) -> None:
+    # ``atomics["mapcount_writes"]`` counts every write of a mapcount field: a page's
+    # ``_mapcount``, ``_entire_mapcount``, ``_nr_pages_mapped`` and ``_large_mapcount`` (with its MM
+    # slots, under the folio's large-mapcount lock) one each per update.
+
+    def folio_set_large_mapcount(self, folio: Page, mapcount: int, vma: VmAreaStruct) -> None:
         """`folio_set_large_mapcount()`: both slots free before; slot 0 takes the MM."""
         assert folio._mm_id == [MM_ID_DUMMY, MM_ID_DUMMY]
+        self.atomics["mapcount_writes"] += 1
         folio._large_mapcount = mapcount - 1
         folio._mm_id_mapcount[0] = mapcount - 1
         folio._mm_id[0] = vma.vm_mm.mm_id
 
-    @staticmethod
-    def folio_add_return_large_mapcount(folio: Page, diff: int, vma: VmAreaStruct) -> int:
+    def folio_add_return_large_mapcount(self, folio: Page, diff: int, vma: VmAreaStruct) -> int:
         """`folio_add_return_large_mapcount()` (64-bit: no per-MM overflow branch)."""
+        self.atomics["mapcount_writes"] += 1
         mm_id = vma.vm_mm.mm_id
         new_mapcount_val = folio._large_mapcount + diff
         folio._large_mapcount = new_mapcount_val
@@ -164,9 +168,9 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
         # a third MM with both slots taken: only _large_mapcount (the bit is set already)
         return new_mapcount_val + 1
 
-    @staticmethod
-    def folio_sub_return_large_mapcount(folio: Page, diff: int, vma: VmAreaStruct) -> int:
+    def folio_sub_return_large_mapcount(self, folio: Page, diff: int, vma: VmAreaStruct) -> int:
         """`folio_sub_return_large_mapcount()`."""
+        self.atomics["mapcount_writes"] += 1
         mm_id = vma.vm_mm.mm_id
         new_mapcount_val = folio._large_mapcount - diff
         folio._large_mapcount = new_mapcount_val
@@ -224,6 +228,7 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
                 nfirst += folio.block[i]._mapcount == 0
             if nfirst:
                 folio._nr_pages_mapped += nfirst  # atomic_add_return_relaxed(first, mapped)
+                self.atomics["mapcount_writes"] += 1
             self.folio_add_return_large_mapcount(folio, nr_pages, vma)
         if exclusive:
             for page in (folio.block[first:first + nr_pages] if folio_test_large(folio)
@@ -249,6 +254,7 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
         nr = 0
         if last:
             folio._nr_pages_mapped -= last  # atomic_sub_return_relaxed(last, mapped)
+            self.atomics["mapcount_writes"] += 1
             if folio._nr_pages_mapped < ENTIRELY_MAPPED:
                 nr = last
         partially_mapped = bool(nr) and folio._nr_pages_mapped != 0
@@ -260,10 +266,11 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
         assert PageHead(folio)
         self.folio_sub_return_large_mapcount(folio, 1, vma)  # folio_dec_large_mapcount()
         folio.block[1]._compound_mapcount -= 1
-        self.atomics["mapcount_writes"] += 2
+        self.atomics["mapcount_writes"] += 1
         nr = nr_pmdmapped = 0
         if folio.block[1]._compound_mapcount < 0:  # last = atomic_add_negative(-1, ...)
             folio._nr_pages_mapped -= ENTIRELY_MAPPED
+            self.atomics["mapcount_writes"] += 1
             if folio._nr_pages_mapped < ENTIRELY_MAPPED:
                 nr_pmdmapped = N
                 nr = max(N - folio._nr_pages_mapped, 0)
@@ -288,7 +295,7 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
             ClearPageAnonExclusive(page)
             page.block[1]._compound_mapcount += 1  # atomic_inc(&folio->_entire_mapcount)
             self.folio_add_return_large_mapcount(page, 1, dst_vma)
-            self.atomics["mapcount_writes"] += 2
+            self.atomics["mapcount_writes"] += 1
             return
         ClearPageAnonExclusive(page)
         page._mapcount += 1
