@@ -44,7 +44,7 @@ def zap_pte_range(pte, lo, hi, mm_id, blocks, costs, events):
         if not e & _PAGE_PRESENT or e & _PAGE_SPECIAL:
             i += 1
             continue
-        pfn = _pte_pfn(e)
+        pfn = int(_pte_pfn(e))  # a Python/intp int: NUMBA_DISABLE_JIT runs mix it with ints
         b, j = pfn // HPAGE_PMD_NR, pfn % HPAGE_PMD_NR
         page = blocks[b]
         k = i + 1

@@ -363,8 +363,8 @@ def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, table
                 pte[i] = ZERO_PTE
                 continue
             h = 0 if compound else i
-            new = ((pfn0 + i) << PTE_PFN_SHIFT) | _PAGE_PRESENT | (e & (_PAGE_ACCESSED | _PAGE_RW
-                                                                        | _PAGE_SOFT_DIRTY))
+            new = np.uint64(((pfn0 + i) << PTE_PFN_SHIFT) | _PAGE_PRESENT) | (
+                e & np.uint64(_PAGE_ACCESSED | _PAGE_RW | _PAGE_SOFT_DIRTY))
             if flags[h] & (1 << PG_dirty) and e & _PAGE_DIRTY:
                 new |= _PAGE_DIRTY
             pte[i] = new

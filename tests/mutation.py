@@ -193,8 +193,8 @@ MUTANTS = [
      "                flags[i] |= 0\n    page_remove"),
     ("v618.zero_page_remap", "kernels/v6_18.py", "            if not compound and not page_has_data(page, i):",
      "            if False:"),
-    ("v618.remap_young", "kernels/v6_18.py", "(e & (_PAGE_ACCESSED | _PAGE_RW\n",
-     "(_PAGE_ACCESSED | (e & (_PAGE_RW\n"),
+    ("v618.remap_young", "kernels/v6_18.py", "e & np.uint64(_PAGE_ACCESSED | _PAGE_RW | _PAGE_SOFT_DIRTY))",
+     "np.uint64(_PAGE_ACCESSED) | e & np.uint64(_PAGE_RW | _PAGE_SOFT_DIRTY))"),
     ("v618.eagain", "kernels/v6_18.py", "SPLIT_PINNED = -EAGAIN", "SPLIT_PINNED = -EAGAIN + 0 * EAGAIN - 5"),
     ("v618.underused", "kernels/v6_18.py", "    if KHUGEPAGED_MAX_PTES_NONE == HPAGE_PMD_NR - 1:\n        return False",
      "    if KHUGEPAGED_MAX_PTES_NONE == HPAGE_PMD_NR:\n        return False"),
@@ -257,6 +257,8 @@ def _tree(dest: Path, mutant, base: Path) -> None:
     _, file, old, new = mutant
     shutil.copytree(base, dest, dirs_exist_ok=True)
     path = dest / ("vmstate/" + file if file.startswith("kernels/") else file)
+    if not old:  # the baseline: no mutation
+        return
     text = path.read_text()
     if text.count(old) != 1:
         raise ValueError(f"mutant {mutant[0]}: the original occurs {text.count(old)} times in {file}")
@@ -291,6 +293,12 @@ def main(argv) -> int:
     with tempfile.TemporaryDirectory(prefix="vmstate-mutation-base-") as base, \
             ThreadPoolExecutor(jobs) as pool:
         _snapshot(Path(base))
+        # the unmutated tree first: a mutant counts as killed only where the original passes
+        _, failed, why, _ = run_mutant(("baseline", "tests/corners.py", "", ""), fuzz, Path(base),
+                                       extra)
+        if failed:
+            print(f"the unmutated tree fails the oracle: {why}")
+            return 2
         results = list(pool.map(lambda m: run_mutant(m, fuzz, Path(base), extra), chosen))
     survivors = []
     for mid, killed, why, secs in results:

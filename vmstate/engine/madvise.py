@@ -54,7 +54,17 @@ def madvise_cold_or_pageout(state, mm, addr, length, *, pageout):
         ns, nr = state.k.madvise_cold_candidates(rows, lo, hi, state.pmds.a, state.tables.a,
                                                  state.blocks.a, pageout, split, reclaim)
         if ns:
-            split_thps(state, _once(split[:ns]))
+            # each batch of a large folio covered in part asks for its split_folio(): one that
+            # fails (an extra reference: can_split_folio(), before any unmap) fails again, counted
+            # again, at the folio's next batch in this VMA
+            blocks, again = np.unique(split[:ns], return_counts=True)
+            first = _once(split[:ns])
+            res = split_thps(state, first)
+            again = again[np.searchsorted(blocks, first)] - 1
+            failed = (res.reason != SPLIT_OK) & (again > 0)
+            if failed.any():
+                state.cost_counters += (res.costs[failed] * again[failed, None]).sum(axis=0)
+                state.events += (res.events[failed] * again[failed, None]).sum(axis=0)
         if nr:
             shrink_folio_list(state, _once(reclaim[:nr]))
         state.k.madvise_cold_apply(rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a,
