@@ -18,12 +18,13 @@ from vmstate import BadInput, MemoryState, from_population
 from vmstate.engine.compare import diff_dumps
 from vmstate.engine.population import parse_population, population_program
 from vmstate.kernels.constants import PG_hwpoison
+from vmstate.kernels.constants import VARIANTS as _VARIANTS
 from vmstate.split import Race
 
 B = 0x7F0000000000
 M2 = 2 << 20
 P = 4096
-VARIANTS = ("v5", "v4.5")
+VARIANTS = _VARIANTS  # every variant: v5, v4.5, 6.18
 
 # name -> (what it covers, [(op, *args)])
 PROGRAMS = {
@@ -143,6 +144,50 @@ PROGRAMS = {
     "thp_false_partial": ("mmap thp=false and a THP mmap not 2 MiB aligned",
                           [("mmap", "a", B + 5 * P, M2, False), ("mmap", "b", B + 100 * P, 2 * M2, True),
                            ("fork", "b", "c"), ("split", "c", B, 3 * M2, None)]),
+    # ---- 6.18 (bad input in v5 and v4.5 where they use MADV_COLD/MADV_PAGEOUT) ----
+    "cold_shared_then_exclusive": ("6.18: MADV_COLD passes over a fork-shared THP, splits it once "
+                                   "the child exited (the MM slots' shared bit cleared)",
+                                   [("mmap", "a", B, 2 * M2, True), ("fork", "a", "b"),
+                                    ("madvise_cold", "a", B + P, 3 * P), ("exit", "b"),
+                                    ("madvise_cold", "a", B + P, 3 * P)]),
+    "cold_after_parent_exit": ("6.18: the parent (slot 0) exits, the child in slot 1 maps it alone",
+                               [("mmap", "a", B, M2, True), ("fork", "a", "b"), ("exit", "a"),
+                                ("madvise_cold", "b", B + P, 3 * P)]),
+    "cold_slot_0_again": ("6.18: a fork child takes the freed slot 0 while the parent maps the THP: "
+                          "maybe shared again, MADV_COLD passes over it",
+                          [("mmap", "a", B, M2, True), ("fork", "a", "b"), ("exit", "a"),
+                           ("fork", "b", "c"), ("madvise_cold", "c", B + P, 3 * P),
+                           ("exit", "b"), ("madvise_cold", "c", B + P, 3 * P)]),
+    "cold_pinned_partial": ("6.18: MADV_COLD of part of a pinned THP: split_folio() -EAGAIN, counted",
+                            [("mmap", "a", B, M2, True), ("pin", "a", B, P),
+                             ("madvise_cold", "a", B + P, P), ("unpin", "a", B, P),
+                             ("madvise_cold", "a", B + P, P)]),
+    "debugfs_skips_pinned": ("6.18: debugfs passes over a pinned THP uncounted (-EAGAIN reported)",
+                             [("mmap", "a", B, 2 * M2, True), ("pin", "a", B, P),
+                              ("split", "a", B, 2 * M2, None)]),
+    "zero_fill_shrink_pageout": ("6.18: all-zero THPs: the shrinker leaves them (max_ptes_none 511), "
+                                 "MADV_PAGEOUT splits them onto the zero page",
+                                 [("mmap", "a", B, M2, True, "zero"), ("mmap", "a", B + M2, M2, True),
+                                  ("shrink",), ("madvise_pageout", "a", B, 2 * M2)]),
+    "cold_old_then_split": ("6.18: MADV_COLD makes the PMD old; a later split's PTEs stay old",
+                            [("mmap", "a", B, M2, True), ("madvise_cold", "a", B, M2),
+                             ("madvise_cold", "a", B, P)]),
+    "cold_batch_511": ("6.18: a PTE batch of 511 of 512 pages is split, the full one is not",
+                       [("mmap", "a", B, 2 * M2, True), ("split_pmd", "a", B),
+                        ("split_pmd", "a", B + M2), ("madvise_dontneed", "a", B + 511 * P, P),
+                        ("madvise_cold", "a", B, 2 * M2)]),
+    "pageout_pinned_whole": ("6.18: reclaim keeps a pinned THP covered whole (can_split_folio())",
+                             [("mmap", "a", B, M2, True), ("pin", "a", B, P),
+                              ("madvise_pageout", "a", B, M2), ("unpin", "a", B, P),
+                              ("madvise_pageout", "a", B, M2)]),
+    "mprotect_rw_exclusive": ("6.18: mprotect back to rw makes an exclusive THP's PMD writable",
+                              [("mmap", "a", B, M2, True), ("mprotect", "a", B, M2, "r"),
+                               ("mprotect", "a", B, M2, "rw"), ("fork", "a", "b"),
+                               ("mprotect", "a", B, M2, "r"), ("mprotect", "a", B, M2, "rw")]),
+    "shrink_pinned_partial": ("6.18: a pinned partially mapped THP stays queued through shrinks",
+                              [("mmap", "a", B, M2, True), ("pin", "a", B, P),
+                               ("munmap", "a", B + P, P), ("shrink",), ("shrink",),
+                               ("unpin", "a", B, P), ("shrink",)]),
 }
 
 

@@ -222,6 +222,14 @@ MUTANTS = [
 ]
 
 EQUIVALENT = {
+    "v618.freeze_dirty": "a large folio is PTE-mapped only after __split_huge_pmd_locked() of a "
+                         "PMD that a write fault made dirty, which set the folio's PG_dirty "
+                         "already (folio_set_dirty()): the freeze's folio_mark_dirty() never "
+                         "changes it (until write faults or MADV_FREE clean a PMD)",
+    "v618.swpout_partial": "a partially mapped THP never has all 512 pages mapped again, nor a PMD "
+                           "(no op maps a THP's page anew), so reclaim never gets one whole",
+    "v618.requeue": "at max_ptes_none 511 thp_underused() is false, so the shrinker tries only "
+                    "partially mapped THPs, which stay queued after a failure either way",
     "split.v5_recheck": "total_mapcount > page_count - 1 is the BUG branch, which no valid state "
                         "reaches (the validators hold after every op): <= and == agree on every "
                         "reachable state",

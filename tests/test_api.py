@@ -88,3 +88,18 @@ def test_docs_api_examples_run(monkeypatch, capsys):
     for i, code in enumerate(blocks):
         exec(compile(code, f"docs/api.md block {i + 1}", "exec"), {})
     assert "fail_recheck" in capsys.readouterr().out
+
+
+def test_variant_618_through_the_api_and_a_sweep_population(tmp_path):
+    """6.18 as a scenario key, in a population and in a sweep's grid: the summary says so and lists
+    the 6.18 counters (mthp_stats)."""
+    doc = {"scenario": {"name": "m", "seed": 1, "variant": "6.18"},
+           "op": [{"op": "mmap", "mm": "p", "addr": 0x7F0000000000, "len": "4M", "fill": "zero"},
+                  {"op": "munmap", "mm": "p", "addr": 0x7F0000001000, "len": "4K"},
+                  {"op": "shrink"}]}
+    r = api.run(api.parse(doc))
+    assert r.summary["variant"] == "6.18"
+    assert r.summary["vm_events"]["thp_deferred_split_page"] == 1
+    assert r.summary["mthp_stats"]["split"] == 1 and r.summary["shrinks"][0]["succeeded"] == 1
+    pop = api.run(api.population(thps=8, variant="6.18", seed=1))
+    assert pop.summary["variant"] == "6.18" and "mthp_stats" in pop.summary

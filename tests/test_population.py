@@ -28,7 +28,7 @@ populations = st.fixed_dictionaries({
 
 
 @settings(max_examples=60, deadline=None)
-@given(table=populations, seed=st.integers(0, 2**32), variant=st.sampled_from(["v5", "v4.5"]))
+@given(table=populations, seed=st.integers(0, 2**32), variant=st.sampled_from(["v5", "v4.5", "6.18"]))
 def test_population_equals_its_program(table, seed, variant):
     generated = from_population(table, seed=seed, variant=variant)
     generated.validate()
