@@ -144,6 +144,11 @@ PROGRAMS = {
     "thp_false_partial": ("mmap thp=false and a THP mmap not 2 MiB aligned",
                           [("mmap", "a", B + 5 * P, M2, False), ("mmap", "b", B + 100 * P, 2 * M2, True),
                            ("fork", "b", "c"), ("split", "c", B, 3 * M2, None)]),
+    "many_vmas_rmap": ("the rmap query over an anon_vma of many VMAs (one per munmap piece, forked)",
+                       [("mmap", "a", B, 8 * M2, True),
+                        *[("munmap", "a", B + j * M2 + 100 * P, P) for j in range(8)],
+                        ("fork", "a", "b"), ("split_pmd", "b", B + 3 * M2),
+                        ("split", "a", B + 2 * M2, 6 * M2, None), ("split", "b", B, 8 * M2, None)]),
     # ---- 6.18 (bad input in v5 and v4.5 where they use MADV_COLD/MADV_PAGEOUT) ----
     "cold_shared_then_exclusive": ("6.18: MADV_COLD passes over a fork-shared THP, splits it once "
                                    "the child exited (the MM slots' shared bit cleared)",

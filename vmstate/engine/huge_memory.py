@@ -78,6 +78,15 @@ def thps_mapped(state, mm, start, end):
     return out[:n].copy()
 
 
+def _rmap_part(ks, order, v, ii):
+    """The rmap entries of VMA ``v`` (``order`` in its tree) for the THPs ``ks`` at pgoffs ``ii``."""
+    pages = (v.vm_end - v.vm_start) >> PAGE_SHIFT
+    haddr = (v.vm_start + ((ii - v.vm_pgoff) << PAGE_SHIFT)) & ~(HPAGE_PMD_SIZE - 1)
+    return (ks, np.full(len(ii), order), v.mm.lookup_pmds(haddr),
+            np.maximum(0, v.vm_pgoff - ii), np.minimum(N, v.vm_pgoff + pages - ii),
+            np.full(len(ii), 1 if v.vm_flags & VM_WRITE else 0))
+
+
 def rmap_arrays(state, thps):
     """Per THP ``k`` the VMAs of its anon_vma query ``[index, index + 511]`` in tree order, as CSR
     arrays: ``ptr`` (``k``'s VMAs are ``ptr[k]:ptr[k + 1]``), the PMD row at the THP's ``haddr`` in
@@ -89,16 +98,25 @@ def rmap_arrays(state, thps):
     for av in np.flatnonzero(np.bincount(mapping)) if len(mapping) else ():  # anon_vma ids, O(n)
         ks = np.flatnonzero(mapping == av)
         idx = index[ks]
-        for order, v in enumerate(state.anon_vma_tree(int(av))):
-            pages = (v.vm_end - v.vm_start) >> PAGE_SHIFT
-            hit = (v.vm_pgoff <= idx + N - 1) & (v.vm_pgoff + pages - 1 >= idx)
-            if not hit.any():
-                continue
-            ii = idx[hit]
-            haddr = (v.vm_start + ((ii - v.vm_pgoff) << PAGE_SHIFT)) & ~(HPAGE_PMD_SIZE - 1)
-            parts.append((ks[hit], np.full(len(ii), order), v.mm.lookup_pmds(haddr),
-                          np.maximum(0, v.vm_pgoff - ii), np.minimum(N, v.vm_pgoff + pages - ii),
-                          np.full(len(ii), 1 if v.vm_flags & VM_WRITE else 0)))
+        tree = state.anon_vma_tree(int(av))
+        if len(tree) <= 8:  # few VMAs (the common case): one vectorized pass over the THPs each
+            for order, v in enumerate(tree):
+                pages = (v.vm_end - v.vm_start) >> PAGE_SHIFT
+                hit = (v.vm_pgoff <= idx + N - 1) & (v.vm_pgoff + pages - 1 >= idx)
+                if hit.any():
+                    parts.append(_rmap_part(ks[hit], order, v, idx[hit]))
+            continue
+        # many VMAs (mprotect/munmap left one per piece): the (THP, VMA) overlap as one mask, in
+        # chunks of THPs, then per VMA that any THP meets
+        pgoff = np.array([v.vm_pgoff for v in tree], np.int64)
+        last = pgoff + np.array([(v.vm_end - v.vm_start) >> PAGE_SHIFT for v in tree], np.int64) - 1
+        step = max(1, (1 << 22) // len(tree))
+        for c in range(0, len(idx), step):
+            ci = idx[c:c + step]
+            mask = (pgoff[None, :] <= ci[:, None] + N - 1) & (last[None, :] >= ci[:, None])
+            for order in np.flatnonzero(mask.any(axis=0)).tolist():
+                hit = mask[:, order]
+                parts.append(_rmap_part(ks[c:c + step][hit], order, tree[order], ci[hit]))
     if parts:
         k, order, rows, lo, hi, write = (np.concatenate(c) for c in zip(*parts))
         if len(parts) > 1:  # parts come in tree order per anon_vma: a stable sort by THP keeps it
