@@ -8,7 +8,7 @@ from numba import njit
 
 from vmstate.kernels.constants import (
     C_PAGES_FREED, EV_THP_DEFERRED_SPLIT_PAGE, HPAGE_PMD_NR, MM_ID_DUMMY, PG_head, PG_hwpoison,
-    PG_tail,
+    PG_tail, ZERO_PFN,
 )
 
 _HEAD = 1 << PG_head
@@ -34,9 +34,13 @@ def get_page(blocks, b, i):
 @njit(cache=True)
 def get_pages(blocks, pfns, nr):
     """``get_page()`` ``nr`` times on every pfn (``get_user_pages()`` of a range, ``nr`` pins). A run
-    of pfns in one THP all go to its head: added at once."""
+    of pfns in one THP all go to its head: added at once. The shared zero page (6.18, after a
+    split) is pinned too, but its count is not modelled: skipped."""
     k = 0
     while k < pfns.shape[0]:
+        if pfns[k] == ZERO_PFN:
+            k += 1
+            continue
         b = pfns[k] // HPAGE_PMD_NR
         page = blocks[b]
         m = _thp_run_end(blocks, pfns, k, b)
@@ -147,6 +151,9 @@ def put_pages(blocks, pfns, costs):
     before the run's last reference: each pfn holds one), then ``put_page()`` the last."""
     k = 0
     while k < pfns.shape[0]:
+        if pfns[k] == ZERO_PFN:  # not counted (get_pages())
+            k += 1
+            continue
         b = pfns[k] // HPAGE_PMD_NR
         m = _thp_run_end(blocks, pfns, k, b)
         blocks[b]["_count"][0] -= m - k - 1

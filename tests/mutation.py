@@ -167,9 +167,8 @@ MUTANTS = [
      "    for i in range(1, HPAGE_PMD_NR):\n        mc[i] = 0\n"),
     ("rmap.vma_lo", "vmstate/engine/huge_memory.py", "np.maximum(0, v.vm_pgoff - ii)", "np.maximum(1, v.vm_pgoff - ii)"),
     # ---- pin ----
-    ("pin.all_pages", "vmstate/engine/gup.py",
-     "    k_refcount.get_pages(state.blocks.a, pfns[pfns != ZERO_PFN], 1)",
-     "    k_refcount.get_pages(state.blocks.a, pfns[pfns != ZERO_PFN][:1], 1)"),
+    ("pin.all_pages", "vmstate/engine/gup.py", "    k_refcount.get_pages(state.blocks.a, pfns, 1)",
+     "    k_refcount.get_pages(state.blocks.a, pfns[:1], 1)"),
     ("pin.unpin_count", "vmstate/engine/gup.py", "    top.nr -= 1\n", "    top.nr -= 0\n"),
     ("pin.hole", "kernels/memory.py", "            if not pte[i] & _PAGE_PRESENT:\n                hole[0], hole[1] = r, i\n                return -1",
      "            if not pte[i] & _PAGE_PRESENT and i == 0:\n                hole[0], hole[1] = r, i\n                return -1"),

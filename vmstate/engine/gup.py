@@ -10,7 +10,7 @@ from vmstate.engine.mm_types import Pin
 from vmstate.errors import BadInput
 from vmstate.kernels import memory as k_memory
 from vmstate.kernels import refcount as k_refcount
-from vmstate.kernels.constants import PAGE_SHIFT, ZERO_PFN
+from vmstate.kernels.constants import PAGE_SHIFT
 
 
 def follow_pages(state, mm, start, end):
@@ -45,8 +45,7 @@ def pin(state, mm, addr, length):
     if pfns is None:
         raise BadInput(f"page 0x{hole:x} of process {mm!r} has no present mapping to pin",
                        field="addr")
-    # the shared zero page (6.18, after a split) is pinned too, but its count is not modelled
-    k_refcount.get_pages(state.blocks.a, pfns[pfns != ZERO_PFN], 1)
+    k_refcount.get_pages(state.blocks.a, pfns, 1)
     hold(state, mm, addr, length, pfns)
 
 
@@ -58,7 +57,7 @@ def unpin(state, mm, addr, length):
     if not stack:
         raise BadInput(f"no pin of 0x{addr:x}+0x{length:x} in process {mm!r} is held", field="addr")
     top = stack[-1]
-    k_refcount.put_pages(state.blocks.a, top.pfns[top.pfns != ZERO_PFN], state.cost_counters)
+    k_refcount.put_pages(state.blocks.a, top.pfns, state.cost_counters)
     top.nr -= 1
     if not top.nr:
         stack.pop()
