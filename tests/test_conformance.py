@@ -139,7 +139,7 @@ def test_classic_scenarios_under_618(path, tmp_path):
     assert set(res.divergences) <= ALLOWED_618 | {"split_trigger"}, render(res)
 
 
-RANDOM_618 = int(__import__("os").environ.get("VMSTATE_RANDOM_CONFORMANCE", "12"))
+RANDOM_618 = int(__import__("os").environ.get("VMSTATE_RANDOM_CONFORMANCE", "10"))
 
 
 @needs_kernel

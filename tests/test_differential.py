@@ -5,7 +5,7 @@ compares the whole state (page frames, compound mapcounts, deferred queue, PMD a
 vm events, cost counters) and the split result codes, and runs the engine's validators. Bad input
 must be refused by both, leaving both states untouched.
 
-How many programs: ``VMSTATE_FUZZ_EXAMPLES`` (default 500 on v5, 300 on v4.5) and steps per program
+How many programs: ``VMSTATE_FUZZ_EXAMPLES`` (default 500 on v5, 200 on v4.5, 250 on 6.18) and steps per program
 ``VMSTATE_FUZZ_STEPS`` (default 25). For an hour of fuzzing see the README.
 """
 import os
@@ -50,7 +50,7 @@ class DifferentialV618(Differential):
     variant = "6.18"
 
 
-for machine, default in ((Differential, "500"), (DifferentialV45, "300"), (DifferentialV618, "300")):
+for machine, default in ((Differential, "500"), (DifferentialV45, "200"), (DifferentialV618, "250")):
     machine.TestCase.settings = machine_settings(
         int(os.environ.get("VMSTATE_FUZZ_EXAMPLES", default)),
         int(os.environ.get("VMSTATE_FUZZ_STEPS", "25")))
