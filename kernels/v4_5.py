@@ -9,14 +9,18 @@ VMA; the recheck is ``!total_mapcount && page_count == 1``.
 from numba import njit
 
 from vmstate.kernels.constants import (
-    C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, EBUSY, EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PAGE,
-    EV_THP_SPLIT_PAGE_FAILED, HPAGE_PMD_NR, PG_dirty, PG_double_map, PG_head, PG_hwpoison, PG_lru,
+    C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, EBUSY,
+    HPAGE_PMD_NR, PG_dirty, PG_double_map, PG_head, PG_hwpoison, PG_lru,
     PTE_PFN_MASK, PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT,
     _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION,
 )
 from vmstate.kernels.mapcount import total_mapcount
 from vmstate.kernels.refcount import deferred_split_huge_page, drop_mapcount_offset, page_remove_rmap_pte
-from vmstate.kernels.refcount import population_folio_v4 as population_folio  # noqa: F401
+from vmstate.kernels.v2015 import (  # noqa: F401 (what v5 and 4.5 share: their declared names)
+    count_deferred_split, count_split, count_thp_faults, debugfs_split_skips,
+    deferred_split_requeue, deferred_split_should_split, page_dup_anon_rmap_pte,
+    page_remove_rmap_ptes, population_folio,
+)
 
 NAME = "v4.5"
 _DOUBLE_MAP = 1 << PG_double_map
@@ -51,22 +55,10 @@ def page_add_new_anon_rmap(page, mm_id):
     page["compound_mapcount"] = 0
 
 
-@njit(cache=True, inline="always")
-def count_deferred_split(events, n):
-    """``count_vm_event(THP_DEFERRED_SPLIT_PAGE)`` per THP."""
-    events[EV_THP_DEFERRED_SPLIT_PAGE] += n
-
-
-@njit(cache=True, inline="always")
-def count_thp_faults(events, n):
-    """``count_vm_event(THP_FAULT_ALLOC)`` per THP."""
-    events[EV_THP_FAULT_ALLOC] += n
-
-
 NEW_ANON_PAGE_FLAGS = 0
-MADV_COLD_PAGEOUT = False
+MADV_COLD_PAGEOUT = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
 LARGE_FOLIO_FIELDS = False
-VMA_MERGE = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
+VMA_MERGE = False  # the seed's no-merge rule (docs/semantics.md)
 MPROTECT_WRITABLE_EXCLUSIVE = False  # private anonymous entries become writable on a write fault
 
 
@@ -74,19 +66,6 @@ MPROTECT_WRITABLE_EXCLUSIVE = False  # private anonymous entries become writable
 def page_dup_anon_rmap_pmd(page, mm_id):
     """4.5 ``page_dup_rmap(page, true)``: ``atomic_inc(compound_mapcount_ptr(page))``."""
     page["compound_mapcount"] += 1
-
-
-@njit(cache=True, inline="always")
-def page_dup_anon_rmap_pte(page, i, mm_id):
-    """``page_dup_rmap(page + i, false)``: one more PTE mapping of the page."""
-    page["_mapcount"][i] += 1
-
-
-@njit(cache=True, inline="always")
-def page_remove_rmap_ptes(page, lo, hi, mm_id, events):
-    """``page_remove_rmap(page + i, false)`` for each page of the batch, in order."""
-    for i in range(lo, hi):
-        page_remove_rmap_pte(page, i, events)
 
 
 @njit(cache=True, inline="always")
@@ -217,31 +196,7 @@ def split_recheck_bug(mapcount, count):
     return mapcount != 0
 
 
-@njit(cache=True, inline="always")
-def count_split(ok, events):
-    """``count_vm_event(!ret ? THP_SPLIT_PAGE : THP_SPLIT_PAGE_FAILED)``."""
-    events[EV_THP_SPLIT_PAGE if ok else EV_THP_SPLIT_PAGE_FAILED] += 1
-
-
 DEBUGFS_SPLIT_PER_ADDRESS = False
-
-
-@njit(cache=True, inline="always")
-def debugfs_split_skips(page):
-    """4.5's debugfs ``split_huge_pages`` (split_huge_pages_set()) tries every THP it finds."""
-    return False
-
-
-@njit(cache=True, inline="always")
-def deferred_split_should_split(page, events):
-    """4.5 ``deferred_split_scan()`` splits every THP it takes off the queue."""
-    return 1
-
-
-@njit(cache=True, inline="always")
-def deferred_split_requeue(page, did_split):
-    """4.5: ``list_splice_tail(&list, &pgdata->split_queue)``: a THP not split is put back."""
-    return True
 
 
 @njit(cache=True, inline="always")

@@ -1,0 +1,60 @@
+"""What the two 2015-era variants, v5 (the patch series) and mainline 4.5, do alike: one
+implementation each of the declared names they share (:mod:`vmstate.kernels.per_variant`), which
+:mod:`vmstate.kernels.v5` and :mod:`vmstate.kernels.v4_5` import. Neither has large-folio fields, MM
+slots or a page content check: these are the kernels before 6.x."""
+from numba import njit
+
+from vmstate.kernels.constants import (
+    EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED,
+)
+from vmstate.kernels.refcount import page_remove_rmap_pte
+from vmstate.kernels.refcount import population_folio_v4 as population_folio  # noqa: F401
+
+
+@njit(cache=True, inline="always")
+def count_deferred_split(events, n):
+    """``count_vm_event(THP_DEFERRED_SPLIT_PAGE)`` per THP."""
+    events[EV_THP_DEFERRED_SPLIT_PAGE] += n
+
+
+@njit(cache=True, inline="always")
+def count_thp_faults(events, n):
+    """``count_vm_event(THP_FAULT_ALLOC)`` per THP."""
+    events[EV_THP_FAULT_ALLOC] += n
+
+
+@njit(cache=True, inline="always")
+def page_dup_anon_rmap_pte(page, i, mm_id):
+    """``page_dup_rmap(page + i, false)``: one more PTE mapping of the page."""
+    page["_mapcount"][i] += 1
+
+
+@njit(cache=True, inline="always")
+def page_remove_rmap_ptes(page, lo, hi, mm_id, events):
+    """``page_remove_rmap(page + i, false)`` for each page of the batch, in order."""
+    for i in range(lo, hi):
+        page_remove_rmap_pte(page, i, events)
+
+
+@njit(cache=True, inline="always")
+def count_split(ok, events):
+    """``count_vm_event(!ret ? THP_SPLIT_PAGE : THP_SPLIT_PAGE_FAILED)``."""
+    events[EV_THP_SPLIT_PAGE if ok else EV_THP_SPLIT_PAGE_FAILED] += 1
+
+
+@njit(cache=True, inline="always")
+def debugfs_split_skips(page):
+    """The seed's debugfs, and 4.5's (``split_huge_pages_set()``), try every THP they find."""
+    return False
+
+
+@njit(cache=True, inline="always")
+def deferred_split_should_split(page, events):
+    """v5 26/28's (and 4.5's) ``deferred_split_scan()`` splits every THP on the queue."""
+    return 1
+
+
+@njit(cache=True, inline="always")
+def deferred_split_requeue(page, did_split):
+    """``list_splice_tail()`` puts back every THP the split left on the list (v5 26/28, 4.5)."""
+    return True
