@@ -10,6 +10,12 @@ from vmstate.kernels.constants import (
 from vmstate.kernels.refcount import page_remove_rmap_pte
 from vmstate.kernels.refcount import population_folio_v4 as population_folio  # noqa: F401
 
+NEW_ANON_PAGE_FLAGS = 0
+MADV_COLD_PAGEOUT = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
+LARGE_FOLIO_FIELDS = False
+VMA_MERGE = False  # the seed's no-merge rule (docs/semantics.md)
+MPROTECT_WRITABLE_EXCLUSIVE = False  # private anonymous entries become writable on a write fault
+
 
 @njit(cache=True, inline="always")
 def count_deferred_split(events, n):

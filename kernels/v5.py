@@ -16,7 +16,8 @@ from vmstate.kernels.constants import (
 )
 from vmstate.kernels.mapcount import page_mapcount, total_mapcount
 from vmstate.kernels.v2015 import (  # noqa: F401 (what v5 and 4.5 share: their declared names)
-    count_deferred_split, count_split, count_thp_faults, debugfs_split_skips,
+    LARGE_FOLIO_FIELDS, MADV_COLD_PAGEOUT, MPROTECT_WRITABLE_EXCLUSIVE, NEW_ANON_PAGE_FLAGS,
+    VMA_MERGE, count_deferred_split, count_split, count_thp_faults, debugfs_split_skips,
     deferred_split_requeue, deferred_split_should_split, page_dup_anon_rmap_pte,
     page_remove_rmap_ptes, population_folio,
 )
@@ -51,13 +52,6 @@ def page_add_new_anon_rmap(page, mm_id):
     mc = page["_mapcount"]
     for i in range(HPAGE_PMD_NR):
         mc[i] = 0
-
-
-NEW_ANON_PAGE_FLAGS = 0
-MADV_COLD_PAGEOUT = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
-LARGE_FOLIO_FIELDS = False
-VMA_MERGE = False  # the seed's no-merge rule (docs/semantics.md)
-MPROTECT_WRITABLE_EXCLUSIVE = False  # private anonymous entries become writable on a write fault
 
 
 @njit(cache=True, inline="always")
