@@ -41,6 +41,8 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
     "madvise_cold": (("mm", "addr", "len"), {}),
     "madvise_pageout": (("mm", "addr", "len"), {}),
     "shrink": ((), {}),
+    "write": (("mm", "addr", "len"), {}),
+    "mremap": (("mm", "addr", "len", "new_addr"), {}),
 }
 FILLS = ("data", "zero")
 SCENARIO_KEYS = {"name": True, "seed": False, "variant": False}  # key -> required
@@ -277,6 +279,15 @@ def _check_fields(ctx: _Ctx, raw: dict) -> tuple[str, dict]:
     if "len" in fields and fields["addr"] + fields["len"] > TASK_SIZE:
         ctx.fail(f"expected the range to end within user space (addr + len <= {TASK_SIZE:#x}), "
                  f"got {fields['addr'] + fields['len']:#x}", "len")
+    if "new_addr" in fields:
+        new, end = fields["new_addr"], fields["new_addr"] + fields["len"]
+        if end > TASK_SIZE:
+            ctx.fail(f"expected the new range to end within user space (new_addr + len <= "
+                     f"{TASK_SIZE:#x}), got {end:#x}", "new_addr")
+        if new < fields["addr"] + fields["len"] and fields["addr"] < end:
+            ctx.fail(f"expected a new range apart from the old one (mremap answers EINVAL for an "
+                     f"overlap), got {new:#x}-{end:#x} against {fields['addr']:#x}-"
+                     f"{fields['addr'] + fields['len']:#x}", "new_addr")
     return name, fields
 
 
@@ -360,7 +371,7 @@ def _check_race(ctx: _Ctx, key: str, value):
     return race
 
 
-_CHECKS = {"mm": _check_process, "child": _check_process, "addr": _check_addr, "len": _check_len,
+_CHECKS = {"mm": _check_process, "child": _check_process, "addr": _check_addr, "new_addr": _check_addr, "len": _check_len,
            "thp": _check_thp, "fill": _check_fill, "prot": _check_prot, "label": _check_label, "race": _check_race}
 
 
