@@ -21,6 +21,14 @@ madvise_...    madvise(MADV_DONTNEED), madvise(MADV_COLD), madvise(MADV_PAGEOUT)
 shrink         ``echo 2 > /proc/sys/vm/drop_caches`` from the controller (drop_slab(): every
                shrinker, the deferred-split one among them, over the whole system)
 mprotect       mprotect(PROT_READ) or mprotect(PROT_READ|PROT_WRITE)
+write          one non-zero byte stored into every page of the range, in address order (as mmap's
+               ``fill = "data"``): the write-protect fault where an entry is write-protected, a
+               new fault where it is absent. Refused (bad input) unless writable VMAs cover the
+               range: a store there would be SIGSEGV
+mremap         mremap(addr, len, len, MREMAP_MAYMOVE|MREMAP_FIXED, new_addr); refused (bad input)
+               when the process maps anything in the new range (MREMAP_FIXED would unmap it) or
+               the old range has a hole (EFAULT). Captures read the new range from then on, and
+               still the old one (another process may map it)
 pin / unpin    vmsplice() of the range into a pipe nobody reads (get_user_pages_fast, FOLL_GET: one
                reference per page) / the pipe closed. The controller holds the pipe, so a pin
                outlives munmap and exit and is not copied by fork, as in vmstate.
@@ -40,7 +48,8 @@ snapshot       capture of every live process over the scenario's ranges into
 Per op the summary records the deltas of every ``/proc/vmstat`` name of ``VM_EVENTS`` (``vm_events``) and
 of every ``hugepages-2048kB/stats`` file of ``MTHP_STATS`` (``mthp_stats``; the gauges ``nr_anon`` and
 ``nr_anon_partially_mapped`` as changes too), and the raw system-wide windows (``vmstat``, ``mthp``).
-``thp_fault_alloc`` / ``anon_fault_alloc`` are the run's own (the PMD-mapped THPs an mmap left) and
+``thp_fault_alloc`` / ``anon_fault_alloc`` are the run's own (the PMD-mapped THPs an mmap left, the
+THPs a write newly PMD-mapped) and
 ``nr_anon`` the change in the run's own live THPs (every compound frame its processes map or a pin
 holds); the others are the op's window deltas.
 
@@ -218,8 +227,9 @@ class KernelRun:
             entry["own"] = own
         entry["seconds"] = round(seconds, 6)
         summary["ops"].append(entry)
-        if op.op in ("mmap", "fork"):  # the only ops that map new frames (faults; fork copies a
-            self._track()               # FOLL_PIN-pinned page for the child)
+        if op.op in ("mmap", "fork", "write"):  # the ops that map new frames: faults (a write's
+            self._track()  # copies and new faults too); fork copies a FOLL_PIN-pinned page for the
+            # child. mremap moves entries (the frames stay: pages.parquet lists them already)
 
     def _dispatch(self, op: Op, summary: dict, writer: TreeWriter, entry: dict) -> dict:
         """The op's system calls (the table in the module docstring); the events it counts
@@ -239,6 +249,17 @@ class KernelRun:
                 procs.exit(procs.live(f["mm"]))
             case "munmap":
                 procs.call(procs.live(f["mm"]), "munmap", addr=f["addr"], length=f["len"])
+            case "write":
+                own["thp_fault_alloc"] = self._write(procs.live(f["mm"]), f["addr"], f["len"])
+            case "mremap":
+                proc = procs.live(f["mm"])
+                _covered(proc, f["addr"], f["len"], "mremap", write=False)
+                _empty(proc, f["new_addr"], f["len"])
+                procs.call(proc, "mremap", addr=f["addr"], length=f["len"], new_addr=f["new_addr"])
+                # The new range joins the ranges every capture reads. The old one stays: another
+                # process (a fork of this one) may still map it, and a later op may map it again; a
+                # capture is clipped to the VMAs present, so a range nothing maps costs nothing.
+                self.ranges.append((f["new_addr"], f["new_addr"] + f["len"]))
             case "madvise_dontneed" | "madvise_cold" | "madvise_pageout":
                 procs.call(procs.live(f["mm"]), "madvise", addr=f["addr"], length=f["len"],
                            advice=MADVICE[op.op])
@@ -265,6 +286,18 @@ class KernelRun:
             case _:
                 raise BadInput(f"op {op.op!r} has no kernel-run implementation", field="op")
         return own
+
+    def _write(self, proc, addr, length) -> int:
+        """The scenario's ``write``: a store into every page of the range; the THPs it newly
+        PMD-mapped (its own ``thp_fault_alloc``: a write-protect fault of a PMD never maps a new
+        THP on 6.x — do_huge_pmd_wp_page() reuses the folio or splits the PMD — so these are the
+        new faults of an unpopulated 2 MiB slot, do_huge_pmd_anonymous_page())."""
+        _covered(proc, addr, length, "write", write=True)
+        hull = [(addr & ~(HPAGE_PMD_SIZE - 1), -(-(addr + length) // HPAGE_PMD_SIZE) * HPAGE_PMD_SIZE)]
+        before = _pmd_heads(capture(self.procs.targets(proc), hull))
+        self.procs.call(proc, "write", addr=addr, length=length)
+        after = _pmd_heads(capture(self.procs.targets(proc), hull))
+        return len(after - before)
 
     # ---- pins -------------------------------------------------------------------------------------
     def _pin(self, f: dict):
@@ -329,6 +362,45 @@ class KernelRun:
                                                                      {**c.pagemap_meta, **meta}))
         writer.add(Path("snapshots", label, PAGES), parquet_writer(c.pages, {**c.pages_meta, **meta}))
         return snapshot_totals(c.pages, c.pagemap)
+
+
+def _pmd_heads(c) -> set:
+    """``(2 MiB slot, head pfn)`` of every PMD mapping in a capture."""
+    pm = c.pagemap.filter(pl.col("pmd"))
+    return set(zip((pm["vaddr"] // HPAGE_PMD_SIZE).to_list(),
+                   (pm["pfn"] - pm["vaddr"] % HPAGE_PMD_SIZE // 4096).to_list()))
+
+
+def _covered(proc, addr, length, op, write):
+    """BadInput unless VMAs of ``proc`` cover ``[addr, addr + length)`` without a gap (and allow
+    writing, for ``write``: a store into a read-only page is SIGSEGV)."""
+    at, end = addr, addr + length
+    for v in procfs.read_maps(proc.pid):
+        if v.end <= at or v.start >= end:
+            continue
+        if v.start > at:
+            break
+        if write and "w" not in v.perms:
+            raise BadInput(f"{op} 0x{addr:x}+0x{length:x}: the VMA 0x{v.start:x}-0x{v.end:x} of "
+                           f"process {proc.name!r} is {v.perms[:3]}, not writable (a write there "
+                           f"is SIGSEGV)", field="addr")
+        at = v.end
+        if at >= end:
+            return
+    raise BadInput(f"{op} 0x{addr:x}+0x{length:x}: nothing is mapped at 0x{at:x} in process "
+                   f"{proc.name!r}" + (" (a write there is SIGSEGV)" if write else
+                                       " (mremap answers EFAULT)"),
+                   field="addr" if at == addr else "len")
+
+
+def _empty(proc, new_addr, length):
+    """BadInput unless ``[new_addr, new_addr + length)`` holds no mapping of ``proc``: MREMAP_FIXED
+    would unmap whatever is there, as MAP_FIXED does."""
+    for v in procfs.read_maps(proc.pid):
+        if v.start < new_addr + length and new_addr < v.end:
+            raise BadInput(f"mremap to 0x{new_addr:x}+0x{length:x}: expected a range with no "
+                           f"mapping, but process {proc.name!r} maps 0x{v.start:x}-0x{v.end:x} "
+                           f"there (MREMAP_FIXED would unmap it)", field="new_addr")
 
 
 def lru_add_drain_all() -> bool:

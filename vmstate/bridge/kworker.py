@@ -7,8 +7,10 @@ so that the scenario's addresses (``0x7f0000000000`` …) are far below the mmap
 requests on FD, a ``SOCK_SEQPACKET`` Unix socket: one JSON object per message, one reply each.
 
 Requests (``op``): ``mmap`` (MAP_FIXED_NOREPLACE at the scenario's address, MADV_HUGEPAGE, a write into
-every page: a non-zero byte with ``fill = "data"``, a zero byte with ``fill = "zero"``), ``munmap``, ``madvise``, ``mprotect``, ``split_pmd``, ``fork``, ``pin``,
-``exit``. ``fork`` is a real fork(): the child serves a new socket whose other end goes back to the
+every page: a non-zero byte with ``fill = "data"``, a zero byte with ``fill = "zero"``), ``write``
+(a non-zero byte into every page of the range, in address order: the faults a scenario ``write``
+takes), ``mremap`` (MREMAP_MAYMOVE|MREMAP_FIXED to a range with no mapping), ``munmap``, ``madvise``,
+``mprotect``, ``split_pmd``, ``fork``, ``pin``, ``exit``. ``fork`` is a real fork(): the child serves a new socket whose other end goes back to the
 controller with the reply (SCM_RIGHTS). A vmsplice ``pin`` hands the pipe holding the pages to the
 controller and closes its own copies, so the pin outlives the process as a vmstate pin does, and fork
 does not copy it. An io_uring instance cannot be passed over SCM_RIGHTS (the kernel refuses): the
@@ -29,6 +31,8 @@ HPAGE = 2 << 20
 PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
 MAP_FAILED = ctypes.c_void_p(-1).value
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+EFAULT, EACCES, EEXIST = 14, 13, 17
 MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLD, MADV_PAGEOUT = 4, 14, 15, 20, 21
 SPLICE_F_NONBLOCK = 0x02
 F_SETPIPE_SZ = 1031
@@ -52,6 +56,9 @@ def libc():
         getattr(lib, name).restype = ctypes.c_int
     lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.mremap.restype = ctypes.c_void_p  # variadic: new_address is the fifth argument
+    lib.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
+                           ctypes.c_void_p]
     lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     lib.vmsplice.restype = ctypes.c_ssize_t
     lib.vmsplice.argtypes = [ctypes.c_int, ctypes.POINTER(iovec), ctypes.c_size_t, ctypes.c_uint]
@@ -91,6 +98,10 @@ class Worker:
         self.sock = sock
         self.lib = libc()
         self.rings = {}  # io_uring instances holding registered-buffer pins
+        # [start, end) ranges mapped by an mmap with thp = true (moved by mremap, cut by munmap).
+        # Their VMAs carry MADV_NOHUGEPAGE after the mmap (khugepaged), yet a write fault there
+        # may map a THP, as in the scenario: op_write lifts the advice for its own faults.
+        self.thp = []
 
     # ---- requests -------------------------------------------------------------------------
     def op_mmap(self, addr, length, thp=True, fill="data"):
@@ -105,7 +116,7 @@ class Worker:
                "madvise(MADV_HUGEPAGE)" if thp else "madvise(MADV_NOHUGEPAGE)")
         view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
         if fill in ("data", "all"):  # one non-zero byte in every 4 KiB page, in address order
-            view[::PAGE] = bytes([FILL]) * (length // PAGE)
+            _write_pages(view, length)
         elif fill == "zero":  # a write fault of a zero byte: every page faulted in, zero-filled
             view[::PAGE] = bytes(length // PAGE)
         elif fill == "first":  # one byte in the first page of each 2 MiB slot: a THP fault maps
@@ -115,10 +126,71 @@ class Worker:
         view.release()
         if thp:  # keep khugepaged away: it would collapse split ranges back into THPs mid-run
             _check(lib.madvise(addr, length, MADV_NOHUGEPAGE), "madvise(MADV_NOHUGEPAGE)")
+            self.thp = _cut(self.thp, addr, addr + length) + [(addr, addr + length)]
+        return {}
+
+    def op_write(self, addr, length):
+        """A store of a non-zero byte into every 4 KiB page of the range, in address order, as
+        mmap's ``fill = "data"`` does: each write-protected entry takes the write-protect fault
+        (do_wp_page() / do_huge_pmd_wp_page(): reuse or copy), each absent one a new fault. A page
+        outside a writable VMA would be SIGSEGV, so it is refused first (EFAULT: no mapping,
+        EACCES: the VMA is not writable)."""
+        at = addr
+        for lo, hi, perms in _vmas():  # the range must be covered, without a gap, by writable VMAs
+            if hi <= at or lo >= addr + length:
+                continue
+            if lo > at:
+                break
+            if "w" not in perms:
+                raise SysError(f"write(0x{max(lo, addr):x}) into the {perms[:3]} VMA "
+                               f"0x{lo:x}-0x{hi:x} (SIGSEGV)", EACCES)
+            at = hi
+            if at >= addr + length:
+                break
+        if at < addr + length:
+            raise SysError(f"write(0x{at:x}) where nothing is mapped (SIGSEGV)", EFAULT)
+        # A scenario's thp = true VMA allows a THP fault (MADV_HUGEPAGE), this process's carries
+        # MADV_NOHUGEPAGE since its mmap: lifted for the write, over the 2 MiB slots the range
+        # touches (within the thp ranges), and put back. A VMA split at a 2 MiB-aligned boundary
+        # splits no PMD, and the pieces merge again when the advice is back.
+        lo, hi = addr & ~(HPAGE - 1), -(-(addr + length) // HPAGE) * HPAGE
+        lifted = [(max(a, lo), min(b, hi)) for a, b in self.thp if a < hi and lo < b]
+        for a, b in lifted:
+            _check(self.lib.madvise(a, b - a, MADV_HUGEPAGE), "madvise(MADV_HUGEPAGE)")
+        try:
+            view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
+            _write_pages(view, length)
+            view.release()
+        finally:
+            for a, b in lifted:
+                _check(self.lib.madvise(a, b - a, MADV_NOHUGEPAGE), "madvise(MADV_NOHUGEPAGE)")
+        return {}
+
+    def op_mremap(self, addr, length, new_addr):
+        """mremap(addr, len, len, MREMAP_MAYMOVE|MREMAP_FIXED, new_addr). MREMAP_FIXED unmaps what
+        the new range holds, as MAP_FIXED does: a new range that is not empty is refused first
+        (EEXIST) rather than silently replaced. Error texts carry no colon before the errno's: the
+        controller keeps what precedes the first one (:func:`vmstate.bridge.kprocess.recv`)."""
+        for lo, hi, _ in _vmas():
+            if lo < new_addr + length and new_addr < hi:
+                raise SysError(f"mremap(0x{addr:x}, 0x{length:x}) to new_addr 0x{new_addr:x} over "
+                               f"the mapping 0x{lo:x}-0x{hi:x} (MREMAP_FIXED would unmap it)",
+                               EEXIST)
+        got = self.lib.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, new_addr)
+        _check(got, f"mremap(0x{addr:x}, 0x{length:x}, 0x{length:x}, MREMAP_MAYMOVE|MREMAP_FIXED, "
+                    f"0x{new_addr:x})")
+        if got != new_addr:
+            raise SysError(f"mremap(0x{addr:x}) moved the mapping to 0x{got:x}, not 0x{new_addr:x}",
+                           EFAULT)
+        moved = [(max(a, addr), min(b, addr + length)) for a, b in self.thp
+                 if a < addr + length and addr < b]
+        self.thp = _cut(self.thp, addr, addr + length) + [
+            (a - addr + new_addr, b - addr + new_addr) for a, b in moved]
         return {}
 
     def op_munmap(self, addr, length):
         _check(self.lib.munmap(addr, length), "munmap")
+        self.thp = _cut(self.thp, addr, addr + length)
         return {}
 
     def op_madvise(self, addr, length, advice):
@@ -250,13 +322,35 @@ class Worker:
                 self._after_reply()
 
 
-def _vma_prot(addr):
+def _write_pages(view, length):
+    """One non-zero byte stored into every 4 KiB page of ``view``, in address order (a strided
+    memoryview assignment stores element by element, lowest address first)."""
+    view[::PAGE] = bytes([FILL]) * (length // PAGE)
+
+
+def _cut(ranges, lo, hi):
+    """``ranges`` without ``[lo, hi)``."""
+    out = []
+    for a, b in ranges:
+        out += [(x, y) for x, y in ((a, min(b, lo)), (max(a, hi), b)) if x < y]
+    return out
+
+
+def _vmas():
+    """``(start, end, perms)`` of every VMA, in address order."""
+    out = []
     with open("/proc/self/maps") as f:
         for line in f:
             span, perms = line.split()[:2]
             lo, hi = (int(x, 16) for x in span.split("-"))
-            if lo <= addr < hi:
-                return perms
+            out.append((lo, hi, perms))
+    return out
+
+
+def _vma_prot(addr):
+    for lo, hi, perms in _vmas():
+        if lo <= addr < hi:
+            return perms
     return None
 
 
