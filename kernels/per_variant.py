@@ -133,6 +133,11 @@ SPLIT_PMD_SETS_PAGE_DIRTY = _Declared("whether __split_huge_pmd_locked() sets th
 FREEZE_FROM_VM_START = _Declared("whether freeze_page_vma() walks from the VMA's first subpage "
                                  "(else from subpage 0)")
 FREEZE_TO_VM_END = _Declared("whether freeze_page_vma() stops at the VMA's end (else the THP's)")
+FREEZE_AT_VMA_ADDRESS = _Declared("whether freeze_page_vma() walks from __vma_address() itself, into "
+                                  "the next page table where a mremap'ed THP crosses one (else from "
+                                  "the PMD-aligned address, the seed's walk)")
+RMAP_WALK_STEPS_OVER_HOLES = _Declared("whether the rmap walk of a VMA steps over a missing page table "
+                                       "to the next (6.18 page_vma_mapped_walk()) rather than ending")
 FREEZE_STOPS_UNMAPPED = _Declared("whether freeze_page() ends the rmap walk once the THP is no longer "
                                   "mapped (6.18 try_to_migrate(): rwc.done = folio_not_mapped)")
 
@@ -144,7 +149,7 @@ def freeze_pte(page, i, pte, mm_id, events):
 
 
 @_declare
-def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
+def unfreeze_page(b, v0, v1, vma_walk, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
     """``unfreeze_page(anon_vma, page)`` (6.18: ``remap_page()``): migration entries back to PTEs
     (rmap arrays as in :mod:`vmstate.kernels.freeze`)."""
 

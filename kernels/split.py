@@ -106,7 +106,7 @@ def _race(point, pin_at, unpin_at, blocks, b, costs):
 
 
 @per_variant()
-def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
+def split_huge_page_to_list(b, v0, v1, vma_walk, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
                             costs, events, bug, pin_at=RACE_NONE, unpin_at=RACE_NONE):
     """Mirror of the seed's ``split_huge_page_to_list(page, NULL)`` for the THP in block ``b``, passed
     by its head page, which the caller has referenced and locked. Returns (ret, reason).
@@ -126,7 +126,7 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
         count_split(False, events)
         return SPLIT_PINNED, SPLIT_FAIL_PRECHECK
     _race(RACE_AFTER_PRECHECK, pin_at, unpin_at, blocks, b, costs)
-    freeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, pmds, tables, blocks, costs, events)
+    freeze_page(b, v0, v1, vma_walk, vma_lo, vma_hi, pmds, tables, blocks, costs, events)
     _race(RACE_AFTER_FREEZE, pin_at, unpin_at, blocks, b, costs)
     if page["compound_mapcount"] != -1:  # VM_BUG_ON_PAGE(compound_mapcount(head), head)
         bug[0] = head_pfn
@@ -139,7 +139,7 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
     if split_recheck_ok(mapcount, count):
         if _split_huge_page(b, blocks, costs, bug):
             return -EBUSY, SPLIT_BUG
-        unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
+        unfreeze_page(b, v0, v1, vma_walk, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
         _put_split_subpages(page, costs)
         count_split(True, events)
         return 0, SPLIT_OK
@@ -149,7 +149,7 @@ def split_huge_page_to_list(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, b
         bug[2] = mapcount
         bug[3] = count
         return -EBUSY, SPLIT_BUG
-    unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
+    unfreeze_page(b, v0, v1, vma_walk, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs)
     count_split(False, events)
     return SPLIT_PINNED, SPLIT_FAIL_RECHECK
 
@@ -161,7 +161,7 @@ def _raced(reason):
 
 
 @per_variant(parallel=True)
-def split_huge_pages(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
+def split_huge_pages(thps, vma_ptr, vma_walk, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
                      ret, reason, costs, events, bugs, race_pin, race_unpin, debugfs):
     """Mirror of debugfs ``split_huge_pages`` for a pid range (``mm/huge_memory.c``, v5.x): per THP
     get_page, lock_page, split_huge_page, unlock_page, put_page — with ``debugfs`` false, the same
@@ -180,7 +180,7 @@ def split_huge_pages(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, bloc
             continue
         get_page(blocks, b, 0)
         blocks[b]["flags"][0] |= _LOCKED
-        r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
+        r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_walk, vma_lo, vma_hi,
                                          vma_write, blocks, pmds, tables, costs[k], events[k],
                                          bugs[k], race_pin[k], race_unpin[k])
         ret[k] = r
@@ -214,7 +214,7 @@ def can_split_folios(blocks, thps, caller_pins, out):
 
 
 @per_variant(parallel=True)
-def deferred_split_scan(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
+def deferred_split_scan(thps, vma_ptr, vma_walk, vma_lo, vma_hi, vma_write, blocks, pmds, tables,
                         ret, reason, costs, events, bugs):
     """Mirror of the variant's ``deferred_split_scan()`` over every queued THP (``thps``, rmap arrays
     and result rows as :func:`split_huge_pages`), one pass: the variant decides which to try
@@ -233,7 +233,7 @@ def deferred_split_scan(thps, vma_ptr, vma_pmd_row, vma_lo, vma_hi, vma_write, b
             continue
         get_page(blocks, b, 0)
         page["flags"][0] |= _LOCKED
-        r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_pmd_row, vma_lo, vma_hi,
+        r, why = split_huge_page_to_list(b, vma_ptr[k], vma_ptr[k + 1], vma_walk, vma_lo, vma_hi,
                                          vma_write, blocks, pmds, tables, costs[k], events[k],
                                          bugs[k])
         ret[k] = r

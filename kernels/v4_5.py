@@ -15,6 +15,7 @@ from vmstate.kernels.constants import (
     _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION,
 )
 from vmstate.kernels.mapcount import total_mapcount
+from vmstate.kernels.pagewalk import WALK_SHIFT, walk_table_row
 from vmstate.kernels.refcount import deferred_split_huge_page, drop_mapcount_offset, page_remove_rmap_pte
 from vmstate.kernels.v2015 import (  # noqa: F401 (what v5 and 4.5 share: their declared names)
     LARGE_FOLIO_FIELDS, MADV_COLD_PAGEOUT, MPROTECT_WRITABLE_EXCLUSIVE, NEW_ANON_PAGE_FLAGS,
@@ -119,6 +120,8 @@ SPLIT_PMD_SETS_PAGE_DIRTY = True
 FREEZE_FROM_VM_START = True  # ``if (address < vma->vm_start)`` skips to vm_start; no stop at vm_end
 FREEZE_TO_VM_END = False
 FREEZE_STOPS_UNMAPPED = False  # freeze_page() walks every VMA of the anon_vma query
+FREEZE_AT_VMA_ADDRESS = True   # "thp: fix split_huge_page() after mremap() of THP": the real address
+RMAP_WALK_STEPS_OVER_HOLES = False  # mm_find_pmd() == NULL at the boundary: return
 SPLIT_PINNED = -EBUSY
 
 
@@ -135,22 +138,30 @@ def freeze_pte(page, i, pte, mm_id, events):
 
 
 @njit(cache=True)
-def unfreeze_page_vma(row, b, lo, writable, pmds, tables, blocks, costs):
+def unfreeze_page_vma(w, b, lo, writable, pmds, tables, blocks, costs):
     """Mirror of 4.5's ``unfreeze_page_vma(vma, page, address)``: from the VMA's first subpage ``lo``
-    to the THP's end (no stop at vm_end) under one PTE lock; each migration entry of the page gets
-    its reference and mapping back (``get_page`` + ``page_add_anon_rmap``) and a PTE, dirty if the
-    page is (``PageDirty``: the head's flag while compound), writable if the entry and this VMA are."""
-    if row < 0:
-        return
-    entry = pmds[row]["pmd"]
-    if not entry & _PAGE_PRESENT or entry & _PAGE_PSE:  # mm_find_pmd() == NULL
+    to the THP's end (no stop at vm_end) under one PTE lock per table, into the next table where a
+    mremap'ed THP crosses one (``mm_find_pmd()`` == NULL ends it); each migration entry of the page
+    gets its reference and mapping back (``get_page`` + ``page_add_anon_rmap``) and a PTE, dirty if
+    the page is (``PageDirty``: the head's flag while compound), writable if the entry and this VMA
+    are. ``w``: the VMA's rmap walk entry (:mod:`vmstate.kernels.pagewalk`)."""
+    s = w[WALK_SHIFT]
+    row = w[(s + lo) >> 9]
+    if not walk_table_row(pmds, row):  # mm_find_pmd() == NULL
         return
     costs[C_PTE_LOCK] += 1
     pte = tables[pmds[row]["pte_table"]]["pte"]
     page = blocks[b]
     compound = page["flags"][0] & (1 << PG_head)  # a failed split: the THP is still compound
     for i in range(lo, HPAGE_PMD_NR):
-        e = pte[i]
+        if s + i == HPAGE_PMD_NR:  # "crossed page table boundary": map the next one
+            row = w[1]
+            if not walk_table_row(pmds, row):
+                return
+            costs[C_PTE_LOCK] += 1
+            pte = tables[pmds[row]["pte_table"]]["pte"]
+        j = (s + i) & (HPAGE_PMD_NR - 1)
+        e = pte[j]
         if not e & _PAGE_VMS_MIGRATION:
             continue
         pfn = b * HPAGE_PMD_NR + i
@@ -164,17 +175,17 @@ def unfreeze_page_vma(row, b, lo, writable, pmds, tables, blocks, costs):
             new |= _PAGE_DIRTY
         if e & _PAGE_RW and writable:
             new |= _PAGE_RW
-        pte[i] = new
+        pte[j] = new
         costs[C_PTE_WRITE] += 1
 
 
 @njit(cache=True)
-def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
+def unfreeze_page(b, v0, v1, vma_walk, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
     """Mirror of 4.5's ``unfreeze_page(anon_vma, page)``: batched, one mmu-notifier range and one PTE
-    lock per VMA."""
+    lock per VMA (and table)."""
     for v in range(v0, v1):
         costs[C_MMU_NOTIFIER] += 1
-        unfreeze_page_vma(vma_pmd_row[v], b, vma_lo[v], vma_write[v], pmds, tables, blocks, costs)
+        unfreeze_page_vma(vma_walk[v], b, vma_lo[v], vma_write[v], pmds, tables, blocks, costs)
 
 
 @njit(cache=True, inline="always")

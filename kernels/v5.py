@@ -11,10 +11,11 @@ from numba import njit
 from vmstate.kernels.constants import (
     C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, EBUSY,
     HPAGE_PMD_NR, PG_dirty, PG_hwpoison, PG_lru, PTE_PFN_MASK,
-    PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW,
+    PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW,
     _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION,
 )
 from vmstate.kernels.mapcount import page_mapcount, total_mapcount
+from vmstate.kernels.pagewalk import WALK_SHIFT, walk_table_row
 from vmstate.kernels.v2015 import (  # noqa: F401 (what v5 and 4.5 share: their declared names)
     LARGE_FOLIO_FIELDS, MADV_COLD_PAGEOUT, MPROTECT_WRITABLE_EXCLUSIVE, NEW_ANON_PAGE_FLAGS,
     VMA_MERGE, count_deferred_split, count_split, count_thp_faults, debugfs_split_skips,
@@ -100,6 +101,8 @@ SPLIT_PMD_SETS_PAGE_DIRTY = False
 FREEZE_FROM_VM_START = False       # the seed walks all 512 PTEs of the table
 FREEZE_TO_VM_END = False
 FREEZE_STOPS_UNMAPPED = False      # migration entries keep the mapcount: it never reaches 0
+FREEZE_AT_VMA_ADDRESS = False      # freeze_page(): haddr = __vma_address(page, vma) & HPAGE_PMD_MASK
+RMAP_WALK_STEPS_OVER_HOLES = False
 SPLIT_PINNED = -EBUSY
 
 
@@ -111,12 +114,14 @@ def freeze_pte(page, i, pte, mm_id, events):
 
 
 @njit(cache=True)
-def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
+def unfreeze_page(b, v0, v1, vma_walk, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
     """Mirror of the seed's ``unfreeze_page(anon_vma, page)``: per mapped subpage, per VMA mapping
     it, one mmu-notifier range and ``unfreeze_page_vma()`` under one PTE lock (the review asks why
     this is not batched). The C loops subpage-major (``for i: anon_vma_interval_tree_foreach(pgoff
-    + i)``); this loops VMA-major so the PMD lookup (``mm_find_pmd``) is done once per VMA: every
-    (subpage, VMA) pair touches its own PTE, so the order changes nothing but speed.
+    + i)``); this loops VMA-major so the PMD lookup (``mm_find_pmd``) is done once per VMA and page
+    table: every (subpage, VMA) pair touches its own PTE, so the order changes nothing but speed.
+    ``vma_address(page + i, vma)`` is the subpage's real address, so after mremap the walk finds
+    it in whichever of the two tables it sits (``vma_walk``, :mod:`vmstate.kernels.pagewalk`).
 
     ``unfreeze_page_vma(vma, page + i, address)``, per subpage with ``page_mapcount(page + i)``::
 
@@ -134,26 +139,35 @@ def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, table
     offset = mapcount_offset(page)
     pfn0 = b * HPAGE_PMD_NR
     for v in range(v0, v1):
-        row = vma_pmd_row[v]
-        mapped = 0
-        if row >= 0 and pmds[row]["pmd"] & _PAGE_PRESENT and not pmds[row]["pmd"] & _PAGE_PSE:
-            pte = tables[pmds[row]["pte_table"]]["pte"]  # mm_find_pmd() found a PTE table
-            rw = _PAGE_RW if vma_write[v] else 0
-            written = 0
-            for i in range(vma_lo[v], vma_hi[v]):
-                m = page_mapcount(_mapcount, i, cmc, offset) != 0
-                e = pte[i]
-                hit = m & ((e & _PAGE_VMS_MIGRATION) != 0) & ((e & PTE_PFN_MASK) >> PTE_PFN_SHIFT == pfn0 + i)
-                new = np.uint64(((pfn0 + i) << PTE_PFN_SHIFT) | _PAGE_PRESENT) | (e & np.uint64(rw))
-                pte[i] = new if hit else e
-                mapped += m
-                written += hit
-            costs[C_PTE_LOCK] += mapped
-            costs[C_PTE_WRITE] += written
-        else:
-            for i in range(vma_lo[v], vma_hi[v]):
-                mapped += page_mapcount(_mapcount, i, cmc, offset) != 0
-        costs[C_MMU_NOTIFIER] += mapped
+        s = vma_walk[v, WALK_SHIFT]
+        rw = _PAGE_RW if vma_write[v] else 0
+        mapped_all = 0
+        for half in range(2):  # the subpages in the table of each PMD slot
+            lo = max(vma_lo[v], (half << 9) - s)
+            hi = min(vma_hi[v], ((half + 1) << 9) - s)
+            if lo >= hi:
+                continue
+            row = vma_walk[v, half]
+            mapped = 0
+            if walk_table_row(pmds, row):
+                pte = tables[pmds[row]["pte_table"]]["pte"]  # mm_find_pmd() found a PTE table
+                written = 0
+                for i in range(lo, hi):
+                    j = (s + i) & (HPAGE_PMD_NR - 1)
+                    m = page_mapcount(_mapcount, i, cmc, offset) != 0
+                    e = pte[j]
+                    hit = m & ((e & _PAGE_VMS_MIGRATION) != 0) & ((e & PTE_PFN_MASK) >> PTE_PFN_SHIFT == pfn0 + i)
+                    new = np.uint64(((pfn0 + i) << PTE_PFN_SHIFT) | _PAGE_PRESENT) | (e & np.uint64(rw))
+                    pte[j] = new if hit else e
+                    mapped += m
+                    written += hit
+                costs[C_PTE_LOCK] += mapped
+                costs[C_PTE_WRITE] += written
+            else:
+                for i in range(lo, hi):
+                    mapped += page_mapcount(_mapcount, i, cmc, offset) != 0
+            mapped_all += mapped
+        costs[C_MMU_NOTIFIER] += mapped_all
 
 
 @njit(cache=True, inline="always")

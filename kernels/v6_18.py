@@ -16,14 +16,15 @@ import numpy as np
 from numba import njit
 
 from vmstate.kernels.constants import (
-    C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, EAGAIN, ENTIRELY_MAPPED, EV_MTHP_ANON_FAULT_ALLOC,
+    C_PTE_LOCK, C_PTE_WRITE, EAGAIN, ENTIRELY_MAPPED, EV_MTHP_ANON_FAULT_ALLOC,
     EV_MTHP_SPLIT, EV_MTHP_SPLIT_DEFERRED, EV_MTHP_SPLIT_FAILED, EV_THP_DEFERRED_SPLIT_PAGE,
     EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED, FOLIO_PAGES_MAPPED, HPAGE_PMD_NR,
     KHUGEPAGED_MAX_PTES_NONE, MM_ID_DUMMY, PG_anon_exclusive, PG_dirty, PG_head, PG_hwpoison,
     PG_lru, PTE_PFN_MASK, PTE_PFN_SHIFT, TAIL_COPY_FLAGS, ZERO_PFN, _PAGE_ACCESSED, _PAGE_DIRTY,
-    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_SPECIAL, _PAGE_VMS_EXCLUSIVE,
+    _PAGE_PRESENT, _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_SPECIAL, _PAGE_VMS_EXCLUSIVE,
     _PAGE_VMS_MIGRATION,
 )
+from vmstate.kernels.pagewalk import WALK_SHIFT, walk_table_row
 from vmstate.kernels.refcount import page_has_data
 
 NAME = "6.18"
@@ -308,6 +309,8 @@ SPLIT_PMD_SETS_PAGE_DIRTY = True  # if (pmd_dirty(old_pmd)) folio_set_dirty(foli
 FREEZE_FROM_VM_START = True       # page_vma_mapped_walk() stays inside the VMA: from vma_address()
 FREEZE_TO_VM_END = True           # to vma_address_end()
 FREEZE_STOPS_UNMAPPED = True      # try_to_migrate(): rwc.done = folio_not_mapped
+FREEZE_AT_VMA_ADDRESS = True      # page_vma_mapped_walk() from vma_address(), across page tables
+RMAP_WALK_STEPS_OVER_HOLES = True  # page_vma_mapped_walk(): a none PMD is stepped over
 
 
 # ---- __folio_split() (mm/huge_memory.c) --------------------------------------------------------
@@ -330,52 +333,55 @@ def freeze_pte(page, i, pte, mm_id, events):
 
 
 @njit(cache=True)
-def unfreeze_page(b, v0, v1, vma_pmd_row, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
+def unfreeze_page(b, v0, v1, vma_walk, vma_lo, vma_hi, vma_write, pmds, tables, blocks, costs):
     """Mirror of ``remap_page(folio, 512, RMP_USE_SHARED_ZEROPAGE on success)`` →
     ``remove_migration_pte()`` for every migration entry of the THP in each VMA's part of it: after
     a split, a page without data gets the zero page's PTE and nothing else
     (``try_to_map_unused_to_zeropage()``); every other entry becomes ``mk_pte()`` (old unless the
     entry was young, dirty if it and the folio were, writable if it was) with ``folio_get()`` and
     ``folio_add_anon_rmap_pte(RMAP_EXCLUSIVE if the entry was exclusive)`` — on the small page after
-    a split, on the large folio after a failed one."""
+    a split, on the large folio after a failed one. page_vma_mapped_walk() finds a mremap'ed THP's
+    entries in either of its two tables (``vma_walk``, :mod:`vmstate.kernels.pagewalk`)."""
     page = blocks[b]
     flags, _count, _mapcount = page["flags"], page["_count"], page["_mapcount"]
     compound = flags[0] & _HEAD
     pfn0 = b * HPAGE_PMD_NR
     for v in range(v0, v1):
-        row = vma_pmd_row[v]
-        if row < 0:
-            continue
-        entry = pmds[row]["pmd"]
-        if not entry & _PAGE_PRESENT or entry & _PAGE_PSE:  # page_vma_mapped_walk(): no table
-            continue
-        pte = tables[pmds[row]["pte_table"]]["pte"]
-        mm_id = pmds[row]["mm"] + 1
-        # remove_migration_ptes() per new folio, each its own rmap walk and PTE lock in every VMA
-        # covering it; one walk of the large folio after a failed split
-        costs[C_PTE_LOCK] += 1 if compound else vma_hi[v] - vma_lo[v]
-        for i in range(vma_lo[v], vma_hi[v]):
-            e = pte[i]
-            if not e & _PAGE_VMS_MIGRATION or (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn0 + i:
+        s = vma_walk[v, WALK_SHIFT]
+        for half in range(2):  # the subpages in the table of each PMD slot
+            lo = max(vma_lo[v], (half << 9) - s)
+            hi = min(vma_hi[v], ((half + 1) << 9) - s)
+            row = vma_walk[v, half]
+            if lo >= hi or not walk_table_row(pmds, row):  # page_vma_mapped_walk(): no table
                 continue
-            costs[C_PTE_WRITE] += 1
-            if not compound and not page_has_data(page, i):
-                pte[i] = ZERO_PTE
-                continue
-            h = 0 if compound else i
-            new = np.uint64(((pfn0 + i) << PTE_PFN_SHIFT) | _PAGE_PRESENT) | (
-                e & np.uint64(_PAGE_ACCESSED | _PAGE_RW | _PAGE_SOFT_DIRTY))
-            if flags[h] & (1 << PG_dirty) and e & _PAGE_DIRTY:
-                new |= _PAGE_DIRTY
-            pte[i] = new
-            _count[h] += 1
-            _mapcount[i] += 1
-            if compound:
-                if _mapcount[i] == 0:
-                    page["_nr_pages_mapped"] += 1
-                _folio_add_large_mapcount(page, 1, mm_id)
-            if e & _PAGE_VMS_EXCLUSIVE:
-                flags[i] |= _AE
+            pte = tables[pmds[row]["pte_table"]]["pte"]
+            mm_id = pmds[row]["mm"] + 1
+            # remove_migration_ptes() per new folio, each its own rmap walk and PTE lock in every
+            # VMA covering it; one walk of the large folio after a failed split
+            costs[C_PTE_LOCK] += 1 if compound else hi - lo
+            for i in range(lo, hi):
+                j = (s + i) & (HPAGE_PMD_NR - 1)
+                e = pte[j]
+                if not e & _PAGE_VMS_MIGRATION or (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT != pfn0 + i:
+                    continue
+                costs[C_PTE_WRITE] += 1
+                if not compound and not page_has_data(page, i):
+                    pte[j] = ZERO_PTE
+                    continue
+                h = 0 if compound else i
+                new = np.uint64(((pfn0 + i) << PTE_PFN_SHIFT) | _PAGE_PRESENT) | (
+                    e & np.uint64(_PAGE_ACCESSED | _PAGE_RW | _PAGE_SOFT_DIRTY))
+                if flags[h] & (1 << PG_dirty) and e & _PAGE_DIRTY:
+                    new |= _PAGE_DIRTY
+                pte[j] = new
+                _count[h] += 1
+                _mapcount[i] += 1
+                if compound:
+                    if _mapcount[i] == 0:
+                        page["_nr_pages_mapped"] += 1
+                    _folio_add_large_mapcount(page, 1, mm_id)
+                if e & _PAGE_VMS_EXCLUSIVE:
+                    flags[i] |= _AE
 
 
 SPLIT_PINNED = -EAGAIN  # can_split_folio() / folio_ref_freeze() failed: an unexpected reference

@@ -19,7 +19,7 @@ from vmstate.kernels.constants import (
     SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_NOT_TRIED, SPLIT_OK,
     N_EVENTS, VM_EVENTS, VM_WRITE, _PAGE_PRESENT, _PAGE_PSE,
 )
-from vmstate.kernels.pagewalk import follow_thps
+from vmstate.kernels.pagewalk import WALK_ROW0, WALK_ROW1, WALK_SHIFT, follow_thps
 from vmstate.engine.checks import check_range, live_mm, mapped_end, vmas_in
 from vmstate.engine.gup import hold
 from vmstate.errors import BadInput, CorruptState
@@ -79,18 +79,28 @@ def thps_mapped(state, mm, start, end):
 
 
 def _rmap_part(ks, order, v, ii):
-    """The rmap entries of VMA ``v`` (``order`` in its tree) for the THPs ``ks`` at pgoffs ``ii``."""
+    """The rmap entries of VMA ``v`` (``order`` in its tree) for the THPs ``ks`` at pgoffs ``ii``:
+    the walk entry (PMD rows of the slot of ``__vma_address()`` and of the next slot, the head's PTE
+    position: :mod:`vmstate.kernels.pagewalk`), the subpage range the VMA covers, VM_WRITE."""
     pages = (v.vm_end - v.vm_start) >> PAGE_SHIFT
-    haddr = (v.vm_start + ((ii - v.vm_pgoff) << PAGE_SHIFT)) & ~(HPAGE_PMD_SIZE - 1)
-    return (ks, np.full(len(ii), order), v.mm.lookup_pmds(haddr),
+    address = v.vm_start + ((ii - v.vm_pgoff) << PAGE_SHIFT)  # __vma_address(): PMD aligned unless
+    haddr = address & ~(HPAGE_PMD_SIZE - 1)                   # mremap moved the range
+    walk = np.full((len(ii), 3), -1, np.int64)
+    walk[:, WALK_ROW0] = v.mm.lookup_pmds(haddr)
+    walk[:, WALK_SHIFT] = (address >> PAGE_SHIFT) & (N - 1)
+    cross = walk[:, WALK_SHIFT] != 0
+    if cross.any():
+        walk[cross, WALK_ROW1] = v.mm.lookup_pmds(haddr[cross] + HPAGE_PMD_SIZE)
+    return (ks, np.full(len(ii), order), walk,
             np.maximum(0, v.vm_pgoff - ii), np.minimum(N, v.vm_pgoff + pages - ii),
             np.full(len(ii), 1 if v.vm_flags & VM_WRITE else 0))
 
 
 def rmap_arrays(state, thps):
     """Per THP ``k`` the VMAs of its anon_vma query ``[index, index + 511]`` in tree order, as CSR
-    arrays: ``ptr`` (``k``'s VMAs are ``ptr[k]:ptr[k + 1]``), the PMD row at the THP's ``haddr`` in
-    that VMA's process (-1: none), the subpage range ``[lo, hi)`` the VMA covers, VM_WRITE."""
+    arrays: ``ptr`` (``k``'s VMAs are ``ptr[k]:ptr[k + 1]``), where that VMA's process maps it (the
+    rmap walk entry: ``[n, 3]`` rows and head position, :mod:`vmstate.kernels.pagewalk`), the
+    subpage range ``[lo, hi)`` the VMA covers, VM_WRITE."""
     a = state.blocks.a
     mapping = a["mapping"][thps]
     index = a["index"][thps].astype(np.int64)
@@ -123,7 +133,8 @@ def rmap_arrays(state, thps):
             sort = np.argsort(k, kind="stable")
             k, rows, lo, hi, write = k[sort], rows[sort], lo[sort], hi[sort], write[sort]
     else:
-        k = rows = lo = hi = write = np.zeros(0, np.int64)
+        k = lo = hi = write = np.zeros(0, np.int64)
+        rows = np.zeros((0, 3), np.int64)
     ptr = np.zeros(len(thps) + 1, np.int64)
     np.cumsum(np.bincount(k, minlength=len(thps)), out=ptr[1:])
     return ptr, rows.astype(np.int64), lo.astype(np.int64), hi.astype(np.int64), write.astype(np.int64)
@@ -175,7 +186,7 @@ def split_thps(state, thps, *, race: Race | None = None, mm=None, debugfs=False,
     seconds = {}
     t0 = time.perf_counter()
     ptr, rows, lo, hi, write = rmap_arrays(state, thps)
-    known = rows[rows >= 0]
+    known = rows[:, WALK_ROW0][rows[:, WALK_ROW0] >= 0]  # a huge PMD maps a THP only aligned
     state.withdraw_tables(known[(state.pmd[known] & _PAGE_PSE) != 0])  # the freeze splits them
     seconds["rmap"] = time.perf_counter() - t0
     n = len(thps)
