@@ -1,6 +1,7 @@
-"""``vmstate run SCENARIO [--out DIR [--kpage]] [--json] [--validate]`` (the contract in
-``SCENARIOS.md``), ``vmstate sweep SWEEP --out DIR`` (:mod:`vmstate.batch.sweep`) and ``vmstate plot DIR``
-(:mod:`vmstate.batch.plot`).
+"""``vmstate run SCENARIO [--out DIR [--kpage]] [--json] [--validate] [--trace ADDR[@MM]]`` (the
+contract in ``SCENARIOS.md``), ``vmstate sweep SWEEP --out DIR`` (:mod:`vmstate.batch.sweep`),
+``vmstate plot DIR [--map]`` (:mod:`vmstate.batch.plot`) and ``vmstate show DIR --format F``
+(:mod:`vmstate.io.views`).
 
 Exit status: 0 the scenario ran (failed splits are outcomes, not errors), 2 bad input (one line on
 stderr), 3 the state was found corrupt (the kernel's BUG() path), 4 an output could not be written (a
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "show":
+            return _show(args)
         if args.command in cli_kernel.COMMANDS:  # capture, kernel-run, diff
             return cli_kernel.main(args)
         scenario = load_scenario(args.scenario, external_processes=args.from_capture is not None)
@@ -113,9 +116,23 @@ def _sweep(args) -> int:
 
 
 def _plot(args) -> int:
+    if args.map:
+        from vmstate.batch.plot import plot_map
+        print(plot_map(args.dir, out=args.out, snapshot=args.snapshot))
+        return EXIT_OK
+    if args.snapshot is not None:
+        raise BadInput("--snapshot goes with --map (a sweep has no snapshots)", field="snapshot")
     from vmstate.batch.plot import DEFAULT_METRICS, plot_sweep
     for path in plot_sweep(args.dir, out=args.out, metrics=args.y or DEFAULT_METRICS):
         print(path)
+    return EXIT_OK
+
+
+def _show(args) -> int:
+    """``vmstate show DIR --format thpmaps|page-types|vmstat [--snapshot LABEL]``."""
+    from vmstate.io.views import open_source, view_text
+    src = open_source(args.dir, args.snapshot, need_dataset=args.format != "vmstat")
+    print(view_text(src, args.format))
     return EXIT_OK
 
 
@@ -180,6 +197,29 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--y", metavar="COLUMN", action="append",
                       help="a runs.parquet column to plot (repeat for more; default failure_rate "
                            "and us_per_thp_split)")
+    plot.add_argument("--map", action="store_true",
+                      help="DIR is a run or capture directory: draw each process's address space "
+                           "as 2 MiB slots coloured by THP state (PMD-mapped, PTE-mapped, partially "
+                           "mapped, pinned, small pages, split, unmapped); writes one PNG "
+                           "(default DIR/map.png, or --out FILE.png)")
+    plot.add_argument("--snapshot", metavar="LABEL",
+                      help="with --map: only this snapshot of a run (default: every snapshot)")
+
+    show = commands.add_parser(
+        "show", help="a snapshot as thpmaps, page-types or /proc/vmstat show it",
+        description="Print one snapshot of a run, kernel-run or capture directory in a kernel "
+                    "tool's layout: thpmaps (tools/mm/thpmaps: THP usage per VMA), page-types "
+                    "(tools/mm/page-types -p: pages by flag combination, per process) or vmstat "
+                    "(the run's vm_events as /proc/vmstat lines, mthp_stats as the "
+                    "hugepages-2048kB/stats files). docs/views.md says where they differ.",
+        epilog="exit status: 0 shown, 2 bad input (not a run or capture directory, no such "
+               "snapshot, a capture asked for vmstat)")
+    show.add_argument("dir", metavar="DIR", type=Path,
+                      help="a run or kernel-run directory (summary.json + snapshots/) or a capture")
+    show.add_argument("--format", required=True, choices=("thpmaps", "page-types", "vmstat"),
+                      help="which tool's view")
+    show.add_argument("--snapshot", metavar="LABEL",
+                      help="the snapshot of a run to show (default: its last one)")
     cli_kernel.add_run_options(run)
     cli_kernel.add_parsers(commands, EXIT_OUTPUT_HELP)
     return parser
