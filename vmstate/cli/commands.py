@@ -52,8 +52,17 @@ def main(argv: list[str] | None = None) -> int:
             scenario = dataclasses.replace(scenario, variant=args.variant)
         if args.out is not None:
             _check_out(args.out)
+        tracer = None
+        if args.trace is not None:
+            from vmstate.batch.trace import Tracer, parse_trace
+            tracer = Tracer(*parse_trace(args.trace), scenario.variant)
+            if tracer.mm is not None and all(
+                    op.fields.get("mm") != tracer.mm and op.fields.get("child") != tracer.mm
+                    for op in scenario.ops):
+                raise BadInput(f"--trace {args.trace!r}: no op of {args.scenario} names process "
+                               f"{tracer.mm!r}", field="trace")
         result = run_scenario(scenario, validate=args.validate,
-                              initial_state=cli_kernel.initial_state(args, scenario))
+                              initial_state=cli_kernel.initial_state(args, scenario), trace=tracer)
         if args.out is not None:
             write_outputs(result, args.out, kpage=args.kpage)
     except BadInput as e:
@@ -65,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as e:
         print(f"vmstate: error: {e}", file=sys.stderr)
         return EXIT_OUTPUT
-    if args.json:
+    if tracer is not None:
+        from vmstate.batch.trace import trace_lines
+        print(json.dumps(tracer.records, indent=1) if args.json
+              else "\n".join(trace_lines(tracer.records, tracer.addr, tracer.mm)))
+    elif args.json:
         print(json.dumps(result.summary, indent=2))
     else:
         print(human_summary(result.summary, args.out))
@@ -154,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--variant", choices=list(VARIANTS),
                      help="refcounting design: v5 (the patch series, default) or v4.5 (mainline); "
                           "overrides [scenario] variant")
+    run.add_argument("--trace", metavar="ADDR[@MM]",
+                     help="follow the THP (or page) ADDR of process MM maps (default: the first "
+                          "process that maps it) through the ops: one line per op with what "
+                          "changed (_count, _mapcount ranges, compound/entire mapcount, "
+                          "PG_double_map or folio fields, PMD/PTEs, deferred queue); with --json "
+                          "the records as a JSON list instead of the summary")
     run.add_argument("--kpage", action="store_true",
                      help="with --out: also DIR/snapshots/<label>/{kpageflags,kpagecount}, the "
                           "/proc/kpageflags and /proc/kpagecount binary formats (u64 per pfn)")
