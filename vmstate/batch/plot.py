@@ -195,3 +195,108 @@ def _save(fig, path: Path) -> Path:
     """The figure as a PNG, crash-safely (:func:`vmstate.io.atomic.atomic_write`): no half-written
     PNG."""
     return atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+
+
+# ---- vmstate plot DIR --map: the address space as 2 MiB slots ------------------------------
+
+MAP_COLORS = ("#1f77b4", "#9ecae1", "#ff7f0e", "#d62728", "#2ca02c", "#bcbd22", "#f0f0f0")
+MAX_MAP_COLUMNS = 4096  # beyond this, each cell aggregates several slots (the most common state)
+MAP_GAP = 8             # unmapped runs longer than this many slots are drawn as one gap column
+
+
+def plot_map(directory, *, out=None, snapshot=None) -> Path:
+    """Draw each process's address space in ``directory`` (a run, kernel-run or capture) as a strip
+    of 2 MiB slots coloured by state (:data:`vmstate.io.views.SLOT_STATES`), one row per process,
+    one panel per snapshot (only ``snapshot`` when given); write ``out`` (default
+    ``directory/map.png``) and return its path. Slots are in address order, shared by all rows;
+    an unmapped run of more than :data:`MAP_GAP` slots is drawn as one hatched gap column, and past
+    :data:`MAX_MAP_COLUMNS` columns each cell stands for several slots (its most common state)."""
+    from matplotlib.patches import Patch
+
+    from vmstate.io.views import SLOT_STATES, open_source, slot_states
+    directory = Path(directory)
+    first = open_source(directory, snapshot)
+    labels = [first.label] if snapshot is not None or first.label is None else first.labels
+    panels = []
+    for label in labels:
+        src = first if label == first.label else open_source(directory, label)
+        panels.append((label, slot_states(src.dataset), src))
+    name = (first.summary or {}).get("scenario") or directory.name
+    mms = []
+    for _, states, src in panels:
+        for mm in src.dataset.pagemap["mm"].unique(maintain_order=True).to_list():
+            if mm not in mms:
+                mms.append(mm)
+    slots = np.unique(np.concatenate([s["slot"].to_numpy() for _, s, _ in panels] or [[]]))
+    columns, ticks, gap_cols = _map_columns(slots.astype(np.int64))
+    ncols = int(columns.max()) + 1 if len(columns) else 1
+    bin_ = max(1, -(-ncols // MAX_MAP_COLUMNS))
+    width = -(-ncols // bin_)
+    rows = [(label, mm) for label, _, _ in panels for mm in mms]
+    unmapped = SLOT_STATES.index("unmapped")
+    grid = np.full((len(rows), width), unmapped, np.int64)
+    gaps = gap_cols // bin_
+    col_of = dict(zip(slots.tolist(), (columns // bin_).tolist()))
+    for r, (label, mm) in enumerate(rows):
+        states = next(s for lab, s, _ in panels if lab == label).filter(pl.col("mm") == mm)
+        cols = np.array([col_of[s] for s in states["slot"].to_list()], np.int64)
+        vals = states["state"].to_numpy().astype(np.int64)
+        if bin_ == 1:
+            grid[r, cols] = vals
+        else:  # the most common state of each cell's slots
+            counts = np.zeros((width, len(SLOT_STATES)), np.int64)
+            np.add.at(counts, (cols, vals), 1)
+            has = counts.sum(axis=1) > 0
+            grid[r, has] = counts[has].argmax(axis=1)
+    fig, axes = _figure(1, 1, f"{name}: address space by 2 MiB slot"
+                        + (f" ({bin_} slots per cell)" if bin_ > 1 else ""))
+    fig.set_size_inches(min(16, 5 + width * 0.12), 2.4 + 0.32 * len(rows))
+    ax = axes[0][0]
+    from matplotlib.colors import ListedColormap
+    ax.imshow(grid, cmap=ListedColormap(MAP_COLORS), vmin=0, vmax=len(SLOT_STATES) - 1,
+              aspect="auto", interpolation="nearest")
+    for g in np.unique(gaps):
+        ax.axvspan(g - 0.5, g + 0.5, facecolor="white", hatch="///", edgecolor="#999999", lw=0)
+    for r in range(1, len(rows)):
+        ax.axhline(r - 0.5, color="white" if rows[r][0] == rows[r - 1][0] else "black",
+                   lw=0.6 if rows[r][0] == rows[r - 1][0] else 1.5)
+    ax.set_yticks(range(len(rows)),
+                  [f"{label}: {mm}" if label is not None else mm for label, mm in rows], fontsize=8)
+    tick_cols, tick_labels = _map_ticks(columns // bin_, slots, ticks, width)
+    ax.set_xticks(tick_cols, tick_labels, fontsize=7, rotation=20, ha="right")
+    ax.set_xlabel("virtual address (2 MiB slots; hatched: a long unmapped gap)")
+    fig.legend(handles=[Patch(facecolor=MAP_COLORS[i], edgecolor="#666666", label=s)
+                        for i, s in enumerate(SLOT_STATES)],
+               loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    path = Path(out) if out is not None else directory / "map.png"
+    if path.suffix != ".png":
+        raise BadInput(f"--out {path}: expected a .png file for --map", field="out")
+    makedirs_synced(path.parent)
+    return _save(fig, path)
+
+
+def _map_ticks(cols, slots, starts, width, most=8):
+    """Tick columns and addresses: the start of each mapped run first (``starts``: indexes into
+    ``slots``), then evenly spaced slots, none closer than ``width / most`` columns to another."""
+    sep = max(1, width // most)
+    chosen: list[tuple[int, int]] = []
+    for i in list(starts) + list(range(0, len(cols), max(1, len(cols) // most))):
+        c = int(cols[i])
+        if all(abs(c - d) >= sep for d, _ in chosen):
+            chosen.append((c, int(slots[i]) << 21))
+    chosen.sort()
+    return [c for c, _ in chosen], [f"{a:#x}" for _, a in chosen]
+
+
+def _map_columns(slots: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+    """Each slot's column (gaps longer than MAP_GAP slots shrink to one column), the index of the
+    first slot of each mapped run, and the gap columns."""
+    if not len(slots):
+        return np.zeros(0, np.int64), [], np.zeros(0, np.int64)
+    step = np.diff(slots, prepend=slots[0])
+    gap = step > MAP_GAP + 1
+    advance = np.where(gap, 2, np.minimum(step, MAP_GAP + 1))
+    advance[0] = 0
+    columns = np.cumsum(advance)
+    starts = np.concatenate([[0], np.flatnonzero(gap)])
+    return columns, starts.tolist(), columns[gap] - 1

@@ -30,11 +30,12 @@ class RunResult:
 
 
 def run_scenario(scenario: Scenario, *, validate: bool = False,
-                 initial_state: MemoryState | None = None) -> RunResult:
+                 initial_state: MemoryState | None = None, trace=None) -> RunResult:
     """Apply ``scenario.ops`` in order. A BadInput or CorruptState from the engine comes back with the
     op's file, index and line in front of its message. ``validate`` runs ``MemoryState.validate()``
     after every op (a debug switch: it walks the whole state). ``initial_state``: start from this
-    state (``vmstate.bridge.load.from_capture``) instead of an empty one or the ``[population]``."""
+    state (``vmstate.bridge.load.from_capture``) instead of an empty one or the ``[population]``.
+    ``trace``: a :class:`vmstate.batch.trace.Tracer`, called with the state after each op."""
     _check_fits(scenario)
     if initial_state is not None and scenario.population is not None:
         raise BadInput(f"{where(scenario.path, table='population')}: a run that starts from a "
@@ -42,6 +43,8 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
     t0 = time.perf_counter()
     state = initial_state if initial_state is not None else _initial_state(scenario, validate)
     seconds = {"population": time.perf_counter() - t0}
+    if trace is not None and (initial_state is not None or scenario.population is not None):
+        trace.after_op(state, None)
     splits, shrinks, snapshots, summaries, split_results = [], [], {}, {}, []
     for op in scenario.ops:
         t0 = time.perf_counter()
@@ -68,6 +71,8 @@ def run_scenario(scenario: Scenario, *, validate: bool = False,
             seconds[f"op {op.index}"] = time.perf_counter() - t0
             if validate:
                 state.validate()
+            if trace is not None:
+                trace.after_op(state, op)
         except (BadInput, CorruptState, MemoryError) as e:
             raise _with_context(e, where(scenario.path, op.index, op.line)) from e
     summary = {"scenario": scenario.name,

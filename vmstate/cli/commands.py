@@ -1,6 +1,7 @@
-"""``vmstate run SCENARIO [--out DIR [--kpage]] [--json] [--validate]`` (the contract in
-``SCENARIOS.md``), ``vmstate sweep SWEEP --out DIR`` (:mod:`vmstate.batch.sweep`) and ``vmstate plot DIR``
-(:mod:`vmstate.batch.plot`).
+"""``vmstate run SCENARIO [--out DIR [--kpage]] [--json] [--validate] [--trace ADDR[@MM]]`` (the
+contract in ``SCENARIOS.md``), ``vmstate sweep SWEEP --out DIR`` (:mod:`vmstate.batch.sweep`),
+``vmstate plot DIR [--map]`` (:mod:`vmstate.batch.plot`) and ``vmstate show DIR --format F``
+(:mod:`vmstate.io.views`).
 
 Exit status: 0 the scenario ran (failed splits are outcomes, not errors), 2 bad input (one line on
 stderr), 3 the state was found corrupt (the kernel's BUG() path), 4 an output could not be written (a
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "show":
+            return _show(args)
         if args.command in cli_kernel.COMMANDS:  # capture, kernel-run, diff
             return cli_kernel.main(args)
         scenario = load_scenario(args.scenario, external_processes=args.from_capture is not None)
@@ -49,8 +52,17 @@ def main(argv: list[str] | None = None) -> int:
             scenario = dataclasses.replace(scenario, variant=args.variant)
         if args.out is not None:
             _check_out(args.out)
+        tracer = None
+        if args.trace is not None:
+            from vmstate.batch.trace import Tracer, parse_trace
+            tracer = Tracer(*parse_trace(args.trace), scenario.variant)
+            if tracer.mm is not None and all(
+                    op.fields.get("mm") != tracer.mm and op.fields.get("child") != tracer.mm
+                    for op in scenario.ops):
+                raise BadInput(f"--trace {args.trace!r}: no op of {args.scenario} names process "
+                               f"{tracer.mm!r}", field="trace")
         result = run_scenario(scenario, validate=args.validate,
-                              initial_state=cli_kernel.initial_state(args, scenario))
+                              initial_state=cli_kernel.initial_state(args, scenario), trace=tracer)
         if args.out is not None:
             write_outputs(result, args.out, kpage=args.kpage)
     except BadInput as e:
@@ -62,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as e:
         print(f"vmstate: error: {e}", file=sys.stderr)
         return EXIT_OUTPUT
-    if args.json:
+    if tracer is not None:
+        from vmstate.batch.trace import trace_lines
+        print(json.dumps(tracer.records, indent=1) if args.json
+              else "\n".join(trace_lines(tracer.records, tracer.addr, tracer.mm)))
+    elif args.json:
         print(json.dumps(result.summary, indent=2))
     else:
         print(human_summary(result.summary, args.out))
@@ -113,9 +129,23 @@ def _sweep(args) -> int:
 
 
 def _plot(args) -> int:
+    if args.map:
+        from vmstate.batch.plot import plot_map
+        print(plot_map(args.dir, out=args.out, snapshot=args.snapshot))
+        return EXIT_OK
+    if args.snapshot is not None:
+        raise BadInput("--snapshot goes with --map (a sweep has no snapshots)", field="snapshot")
     from vmstate.batch.plot import DEFAULT_METRICS, plot_sweep
     for path in plot_sweep(args.dir, out=args.out, metrics=args.y or DEFAULT_METRICS):
         print(path)
+    return EXIT_OK
+
+
+def _show(args) -> int:
+    """``vmstate show DIR --format thpmaps|page-types|vmstat [--snapshot LABEL]``."""
+    from vmstate.io.views import open_source, view_text
+    src = open_source(args.dir, args.snapshot, need_dataset=args.format != "vmstat")
+    print(view_text(src, args.format))
     return EXIT_OK
 
 
@@ -137,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--variant", choices=list(VARIANTS),
                      help="refcounting design: v5 (the patch series, default) or v4.5 (mainline); "
                           "overrides [scenario] variant")
+    run.add_argument("--trace", metavar="ADDR[@MM]",
+                     help="follow the THP (or page) ADDR of process MM maps (default: the first "
+                          "process that maps it) through the ops: one line per op with what "
+                          "changed (_count, _mapcount ranges, compound/entire mapcount, "
+                          "PG_double_map or folio fields, PMD/PTEs, deferred queue); with --json "
+                          "the records as a JSON list instead of the summary")
     run.add_argument("--kpage", action="store_true",
                      help="with --out: also DIR/snapshots/<label>/{kpageflags,kpagecount}, the "
                           "/proc/kpageflags and /proc/kpagecount binary formats (u64 per pfn)")
@@ -180,6 +216,29 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--y", metavar="COLUMN", action="append",
                       help="a runs.parquet column to plot (repeat for more; default failure_rate "
                            "and us_per_thp_split)")
+    plot.add_argument("--map", action="store_true",
+                      help="DIR is a run or capture directory: draw each process's address space "
+                           "as 2 MiB slots coloured by THP state (PMD-mapped, PTE-mapped, partially "
+                           "mapped, pinned, small pages, split, unmapped); writes one PNG "
+                           "(default DIR/map.png, or --out FILE.png)")
+    plot.add_argument("--snapshot", metavar="LABEL",
+                      help="with --map: only this snapshot of a run (default: every snapshot)")
+
+    show = commands.add_parser(
+        "show", help="a snapshot as thpmaps, page-types or /proc/vmstat show it",
+        description="Print one snapshot of a run, kernel-run or capture directory in a kernel "
+                    "tool's layout: thpmaps (tools/mm/thpmaps: THP usage per VMA), page-types "
+                    "(tools/mm/page-types -p: pages by flag combination, per process) or vmstat "
+                    "(the run's vm_events as /proc/vmstat lines, mthp_stats as the "
+                    "hugepages-2048kB/stats files). docs/views.md says where they differ.",
+        epilog="exit status: 0 shown, 2 bad input (not a run or capture directory, no such "
+               "snapshot, a capture asked for vmstat)")
+    show.add_argument("dir", metavar="DIR", type=Path,
+                      help="a run or kernel-run directory (summary.json + snapshots/) or a capture")
+    show.add_argument("--format", required=True, choices=("thpmaps", "page-types", "vmstat"),
+                      help="which tool's view")
+    show.add_argument("--snapshot", metavar="LABEL",
+                      help="the snapshot of a run to show (default: its last one)")
     cli_kernel.add_run_options(run)
     cli_kernel.add_parsers(commands, EXIT_OUTPUT_HELP)
     return parser
