@@ -128,6 +128,27 @@ def split_pmd_pte_bits(page, entry, freeze):
     the huge PMD ``entry``: a PTE, or with ``freeze`` a migration entry."""
 
 
+HUGE_PMD_WP_COPIES_THP = _Declared("whether do_huge_pmd_wp_page() copies a THP it cannot reuse whole "
+                                   "(2015-5.7), rather than splitting the PMD for the PTE fault "
+                                   "to copy one page (5.8+: 6.18)")
+MOVE_NORMAL_PMD = _Declared("whether mremap moves a whole PTE table where both sides cover an aligned "
+                            "2 MiB and the new PMD is none (move_normal_pmd(), 4.20+)")
+PT_RECLAIM = _Declared("whether MADV_DONTNEED frees a PTE table it emptied whole (CONFIG_PT_RECLAIM, "
+                       "6.14+)")
+
+
+@_declare
+def huge_pmd_wp_can_reuse(page, offset):
+    """``do_huge_pmd_wp_page()``'s reuse test for the THP in block record ``page`` (``offset``: the
+    variant's ``mapcount_offset(page)``), setting what reuse sets (6.18: PageAnonExclusive)."""
+
+
+@_declare
+def pte_wp_can_reuse(page, i):
+    """``do_wp_page()``'s reuse test for page ``i`` of block record ``page`` (a THP's or a small
+    page's), setting what reuse sets (6.18: PageAnonExclusive)."""
+
+
 SPLIT_PMD_SETS_PAGE_DIRTY = _Declared("whether __split_huge_pmd_locked() sets the head's PG_dirty "
                                       "for a dirty PMD")
 FREEZE_FROM_VM_START = _Declared("whether freeze_page_vma() walks from the VMA's first subpage "

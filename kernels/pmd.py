@@ -45,15 +45,22 @@ def do_huge_pmd_anonymous_pages(blocks, thps, pmds, rows, data):
     faults (``count_thp_faults()``)."""
     for k in prange(thps.shape[0]):
         b = thps[k]
-        page = blocks[b]
-        flags = page["flags"]
-        flags[0] = (1 << PG_head) | ANON_FAULT_FLAGS
-        for i in range(1, HPAGE_PMD_NR):
-            flags[i] = 1 << PG_tail
-        page["_count"][0] = 1
-        set_page_data(page, 0, HPAGE_PMD_NR, data)
-        page_add_new_anon_rmap(page, mm_id_of(pmds, rows[k]))
+        fault_thp(blocks[b], mm_id_of(pmds, rows[k]))
+        set_page_data(blocks[b], 0, HPAGE_PMD_NR, data)
         pmds[rows[k]]["pmd"] = ((b * HPAGE_PMD_NR) << PTE_PFN_SHIFT) | FAULT_ENTRY | _PAGE_PSE
+
+
+@per_variant()
+def fault_thp(page, mm_id):
+    """The new THP of a fault in block record ``page`` (``prep_transhuge_page()``, the fault's
+    flags, one reference, ``page_add_new_anon_rmap(page, compound)`` for process ``mm_id``); its
+    content is the caller's."""
+    flags = page["flags"]
+    flags[0] = (1 << PG_head) | ANON_FAULT_FLAGS
+    for i in range(1, HPAGE_PMD_NR):
+        flags[i] = 1 << PG_tail
+    page["_count"][0] = 1
+    page_add_new_anon_rmap(page, mm_id)
 
 
 @per_variant()

@@ -7,6 +7,8 @@ from numba import njit
 from vmstate.kernels.constants import (
     EV_THP_DEFERRED_SPLIT_PAGE, EV_THP_FAULT_ALLOC, EV_THP_SPLIT_PAGE, EV_THP_SPLIT_PAGE_FAILED,
 )
+from vmstate.kernels.constants import PG_head, PG_tail
+from vmstate.kernels.mapcount import page_mapcount
 from vmstate.kernels.refcount import page_remove_rmap_pte
 from vmstate.kernels.refcount import population_folio_v4 as population_folio  # noqa: F401
 
@@ -15,6 +17,26 @@ MADV_COLD_PAGEOUT = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
 LARGE_FOLIO_FIELDS = False
 VMA_MERGE = False  # the seed's no-merge rule (docs/semantics.md)
 MPROTECT_WRITABLE_EXCLUSIVE = False  # private anonymous entries become writable on a write fault
+HUGE_PMD_WP_COPIES_THP = True  # do_huge_pmd_wp_page(): alloc_hugepage_vma() + copy_user_huge_page()
+MOVE_NORMAL_PMD = False  # move_normal_pmd() came with 4.20
+PT_RECLAIM = False  # CONFIG_PT_RECLAIM came with 6.14
+
+
+@njit(cache=True, inline="always")
+def huge_pmd_wp_can_reuse(page, offset):
+    """``do_huge_pmd_wp_page()`` ("mm, thp: adjust conditions when we can reuse the page on WP
+    fault"): ``page_mapcount(page) == 1 && page_count(page) == 1``."""
+    return (page_mapcount(page["_mapcount"], 0, page["compound_mapcount"], offset) == 1
+            and page["_count"][0] == 1)
+
+
+@njit(cache=True, inline="always")
+def pte_wp_can_reuse(page, i):
+    """``do_wp_page()`` → ``reuse_swap_page()``: never a THP's subpage ("The page is part of THP and
+    cannot be reused"), else ``page_mapcount(page) <= 1`` (no swap cache)."""
+    if page["flags"][i] & ((1 << PG_head) | (1 << PG_tail)):
+        return False
+    return page["_mapcount"][i] + 1 <= 1
 
 
 @njit(cache=True, inline="always")

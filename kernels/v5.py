@@ -17,10 +17,11 @@ from vmstate.kernels.constants import (
 from vmstate.kernels.mapcount import page_mapcount, total_mapcount
 from vmstate.kernels.pagewalk import WALK_SHIFT, walk_table_row
 from vmstate.kernels.v2015 import (  # noqa: F401 (what v5 and 4.5 share: their declared names)
-    LARGE_FOLIO_FIELDS, MADV_COLD_PAGEOUT, MPROTECT_WRITABLE_EXCLUSIVE, NEW_ANON_PAGE_FLAGS,
+    HUGE_PMD_WP_COPIES_THP, LARGE_FOLIO_FIELDS, MADV_COLD_PAGEOUT, MOVE_NORMAL_PMD, PT_RECLAIM,
+    MPROTECT_WRITABLE_EXCLUSIVE, NEW_ANON_PAGE_FLAGS,
     VMA_MERGE, count_deferred_split, count_split, count_thp_faults, debugfs_split_skips,
     deferred_split_requeue, deferred_split_should_split, page_dup_anon_rmap_pte,
-    page_remove_rmap_ptes, population_folio,
+    huge_pmd_wp_can_reuse, page_remove_rmap_ptes, population_folio, pte_wp_can_reuse,
 )
 from vmstate.kernels.refcount import drop_mapcount_offset
 

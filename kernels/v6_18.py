@@ -200,6 +200,40 @@ NEW_ANON_PAGE_FLAGS = _AE  # do_anonymous_page(): folio_add_new_anon_rmap(RMAP_E
 MPROTECT_WRITABLE_EXCLUSIVE = True
 
 
+HUGE_PMD_WP_COPIES_THP = False  # 5.8+ "thp: change CoW semantics for anon-THP": split, copy 4 KiB
+MOVE_NORMAL_PMD = True  # CONFIG_HAVE_MOVE_PMD=y (/proc/config.gz)
+PT_RECLAIM = True  # CONFIG_PT_RECLAIM=y (/proc/config.gz); measured: docs/kernel-bridge.md
+
+
+@njit(cache=True, inline="always")
+def huge_pmd_wp_can_reuse(page, offset):
+    """``do_huge_pmd_wp_page()``: reuse when PageAnonExclusive, or when the PMD holds the only
+    reference (``folio_ref_count() == 1``: ``SetPageAnonExclusive()``)."""
+    if page["flags"][0] & _AE:
+        return True
+    if page["_count"][0] != 1:
+        return False
+    page["flags"][0] |= _AE
+    return True
+
+
+@njit(cache=True, inline="always")
+def pte_wp_can_reuse(page, i):
+    """``do_wp_page()``: reuse when PageAnonExclusive or ``wp_can_reuse_anon_folio()`` — a small
+    folio whose only reference is the mapping's; a large one (``__wp_can_reuse_large_anon_folio()``,
+    6.16+) with more than one page mapped, no other MM mapping it and every reference a mapping's —
+    then ``SetPageAnonExclusive()``."""
+    if not page["flags"][i] & _AE:
+        if page["flags"][0] & _HEAD:
+            if (folio_mapcount(page) <= 1 or page["_mm_ids_shared"] != 0
+                    or folio_mapcount(page) != page["_count"][0]):
+                return False
+        elif page["_count"][i] != 1:
+            return False
+        page["flags"][i] |= _AE
+    return True
+
+
 @njit(cache=True, inline="always")
 def page_dup_anon_rmap_pmd(page, mm_id):
     """Mirror of ``folio_try_dup_anon_rmap_pmd()``: ClearPageAnonExclusive (a FOLL_GET pin does not

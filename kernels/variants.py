@@ -1,7 +1,7 @@
 """The refcounting variants, each its common kernels built against its own module
 (:mod:`vmstate.kernels.per_variant`): ``KERNELS[name]`` is what a state of that variant runs."""
 from vmstate.kernels import (  # noqa: F401 (the builds need every module of common kernels)
-    freeze, madvise, mapcount, memory, pmd, split, v4_5, v5, v6_18,
+    fault, freeze, madvise, mapcount, memory, mremap, pmd, split, v4_5, v5, v6_18,
 )
 from vmstate.kernels.constants import VARIANTS
 from vmstate.kernels.per_variant import build

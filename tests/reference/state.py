@@ -22,11 +22,21 @@ from vmstate.errors import BadInput
 from .mm import USER_TOP, AnonVma, MmStruct, VmAreaStruct
 from .page import (
     Page, PageCompound, PageDoubleMap, PageHead, PageLocked, PageTransCompound, compound_head,
-    compound_mapcount, is_cow_mapping, page_dup_rmap, pmd_addr_end, pmd_trans_huge, pte_mkold,
+    compound_mapcount, is_cow_mapping, page_count, page_dup_rmap, pmd_addr_end, pmd_trans_huge,
+    pte_mkold,
     pte_pfn, pte_present, pte_wrprotect,
 )
 
 N = HPAGE_PMD_NR
+#: A write fault's entry (mk_pte(page, vm_page_prot) + pte_mkdirty() + maybe_mkwrite(); x86
+#: PAGE_COPY carries _PAGE_ACCESSED): present, writable, young, dirty.
+FAULT_PTE = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY
+
+
+def linear_page_index(vma: VmAreaStruct, address: int) -> int:
+    """Mirror of `include/linux/pagemap.h:linear_page_index()`: the page index ``address`` has in
+    ``vma`` (vm_pgoff survives mremap, so a moved page keeps its index)."""
+    return ((address - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
 
 
 class ReferenceState:
@@ -48,7 +58,7 @@ class ReferenceState:
         "page_mapcount", "total_mapcount", "page_add_new_anon_rmap", "page_remove_rmap",
         "_split_huge_pmd_locked", "freeze_page_vma", "freeze_page", "unfreeze_page_vma",
         "unfreeze_page", "_split_huge_page_tail", "page_get_anon_vma", "split_huge_page_to_list",
-        "page_dup_rmap", "deferred_split_scan",
+        "page_dup_rmap", "deferred_split_scan", "do_huge_pmd_wp_page", "do_wp_page",
     )
     #: Whether the variant has MADV_COLD / MADV_PAGEOUT (Linux 5.4+): only 6.18.
     HAS_MADV_COLD = False
@@ -95,6 +105,7 @@ class ReferenceState:
         self.costs = {k: 0 for k in COSTS}
         self._fill_data = True  # the `data` bit the current mmap's faults write (fill)
         self._queue_seq = 0     # list_add_tail() order of the deferred split queue (6.18)
+        self._alloc_run = None  # the write's last new small page: (vma, address, block)
         self.atomics = {"mapcount_writes": 0, "refcount_ops": 0}
 
     # ---- counted atomics ------------------------------------------------------------------------
@@ -233,7 +244,7 @@ class ReferenceState:
         head.flags = (1 << PG_head) | ANON_FAULT_FLAGS
         head._count = 1
         head.mapping = vma.anon_vma.id
-        head.index = haddr >> PAGE_SHIFT  # linear_page_index(vma, haddr)
+        head.index = linear_page_index(vma, haddr)
         for tail in pages[1:]:
             tail.flags = 1 << PG_tail
             tail.mapping = TAIL_MAPPING
@@ -250,7 +261,7 @@ class ReferenceState:
         page.flags = ANON_FAULT_FLAGS
         page._count = 1
         page.mapping = vma.anon_vma.id
-        page.index = address >> PAGE_SHIFT
+        page.index = linear_page_index(vma, address)
         page.data = self._fill_data
         self.page_add_new_anon_rmap(page, vma, address, False)
         haddr = address & HPAGE_PMD_MASK
@@ -258,8 +269,7 @@ class ReferenceState:
         if table is None:
             table = vma.vm_mm.pmd[haddr] = {}  # __pte_alloc()
         assert isinstance(table, dict)
-        table[address] = (page.pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED \
-            | _PAGE_DIRTY
+        table[address] = (page.pfn << PTE_PFN_SHIFT) | FAULT_PTE
 
     # ---- rmap -----------------------------------------------------------------------------------
 
@@ -468,6 +478,192 @@ class ReferenceState:
         vma.vm_flags = newflags
         self.change_protection(vma, start, end)
 
+    # ---- write faults (mm/memory.c, mm/huge_memory.c) --------------------------------------------
+
+    #: Whether a VMA may get a PMD-mapped THP at ``haddr``: VM_HUGEPAGE (THP "madvise" mode) and the
+    #: aligned 2 MiB inside the VMA (`thp_vma_suitable_order()`; no pgoff test for anonymous VMAs).
+    @staticmethod
+    def _thp_vma_suitable(vma: VmAreaStruct, haddr: int) -> bool:
+        return bool(vma.vm_flags & VM_HUGEPAGE) and vma.vm_start <= haddr \
+            and haddr + HPAGE_PMD_SIZE <= vma.vm_end
+
+    def _write_block(self, vma: VmAreaStruct, address: int) -> int:
+        """The block a write's new small page (a COW copy or a new fault) takes its frame from: the
+        block of the previous page when that one, in the same VMA and 2 MiB slot, also took a new
+        frame in this write; else the next block (docs/semantics.md "Physical frames")."""
+        run = self._alloc_run
+        if (run is not None and run[0] is vma and run[1] == address - PAGE_SIZE
+                and run[1] & HPAGE_PMD_MASK == address & HPAGE_PMD_MASK):
+            b = run[2]
+        else:
+            b = self._alloc_block()
+        self._alloc_run = (vma, address, b)
+        return b
+
+    def handle_mm_fault(self, vma: VmAreaStruct, address: int) -> None:
+        """What a user write to ``address`` does (`mm/memory.c:__handle_mm_fault()` with
+        FAULT_FLAG_WRITE when it faults): a none PMD gets a THP where the VMA allows one
+        (`create_huge_pmd()`), else a small page; a write-protected huge PMD takes
+        `do_huge_pmd_wp_page()`, which may fall back to the PTEs; a write-protected PTE takes
+        `do_wp_page()`, a none PTE `do_anonymous_page()`. A present writable entry does not fault:
+        the MMU sets its accessed and dirty bits."""
+        mm = vma.vm_mm
+        haddr = address & HPAGE_PMD_MASK
+        pmd = mm.pmd.get(haddr)
+        if pmd is None:  # pmd_none()
+            if self._thp_vma_suitable(vma, haddr):
+                self._fill_data = False  # a THP fault zeroes the page (clear_huge_page())
+                self.do_huge_pmd_anonymous_page(vma, haddr)
+            else:
+                self._fill_data = False
+                self.do_anonymous_page(vma, address, self._write_block(vma, address))
+            return
+        if pmd_trans_huge(pmd):
+            if pmd & _PAGE_RW:
+                mm.pmd[haddr] = pmd | _PAGE_ACCESSED | _PAGE_DIRTY  # the MMU's A/D update
+                return
+            if not self.do_huge_pmd_wp_page(vma, address):
+                return
+            pmd = mm.pmd[haddr]  # VM_FAULT_FALLBACK: the PMD was split, take the PTE fault
+        assert isinstance(pmd, dict)
+        pte = pmd.get(address)
+        if pte is None:  # pte_none(): do_anonymous_page()
+            self._fill_data = False
+            self.do_anonymous_page(vma, address, self._write_block(vma, address))
+        elif pte & _PAGE_RW:
+            pmd[address] = pte | _PAGE_ACCESSED | _PAGE_DIRTY
+        else:
+            self.do_wp_page(vma, address)
+
+    def wp_page_reuse(self, vma: VmAreaStruct, address: int) -> None:
+        """Mirror of `mm/memory.c:wp_page_reuse()`: pte_mkyoung(), pte_mkdirty(), maybe_mkwrite()."""
+        table = vma.vm_mm.pmd[address & HPAGE_PMD_MASK]
+        table[address] |= _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW  # ptep_set_access_flags()
+        self.costs["pte_write"] += 1
+
+    def wp_page_copy(self, vma: VmAreaStruct, address: int) -> None:
+        """Mirror of `mm/memory.c:wp_page_copy()`: a new small page (a copy of the old one, or
+        zeroed for the shared zero page) mapped writable in place of the old entry
+        (ptep_clear_flush_notify() under one mmu-notifier range), page_add_new_anon_rmap(), then
+        page_remove_rmap() and the reference of the old page dropped."""
+        table = vma.vm_mm.pmd[address & HPAGE_PMD_MASK]
+        orig = table[address]
+        old = None if orig & _PAGE_SPECIAL else self.pages[pte_pfn(orig)]
+        self._fill_data = old.data if old is not None else False  # cow_user_page() / zeroed
+        self.costs["mmu_notifier"] += 1
+        self.costs["tlb_flush"] += 1
+        self.costs["pte_write"] += 1
+        self.do_anonymous_page(vma, address, self._write_block(vma, address))
+        if old is not None:
+            self.page_remove_rmap(old, False, vma)
+            self.put_page(old)
+
+    def _huge_pmd_copy(self, vma: VmAreaStruct, haddr: int) -> None:
+        """2015–5.7 `do_huge_pmd_wp_page()` past its reuse test: a new THP (`thp_fault_alloc`),
+        `copy_user_huge_page()`, the new huge PMD installed (pmdp_huge_clear_flush_notify()), the
+        old THP's PMD rmap and reference dropped. get_user_huge_page()/put_user_huge_page() take
+        and drop one more reference around the copy."""
+        mm = vma.vm_mm
+        page = self.pages[pte_pfn(mm.pmd[haddr])]
+        self.get_page(page)  # get_user_huge_page()
+        content = [p.data for p in page.block]
+        self._fill_data = False
+        self.do_huge_pmd_anonymous_page(vma, haddr)  # alloc_hugepage_vma() .. set_pmd_at()
+        new = self.pages[pte_pfn(mm.pmd[haddr])]
+        for p, d in zip(new.block, content):
+            p.data = d  # copy_user_huge_page()
+        self.put_page(page)  # put_user_huge_page()
+        self.costs["mmu_notifier"] += 1
+        self.costs["tlb_flush"] += 1
+        self.costs["pte_write"] += 1
+        self.page_remove_rmap(page, True, vma)
+        self.put_page(page)
+
+    def _do_huge_pmd_wp_page_2015(self, vma: VmAreaStruct, address: int) -> bool:
+        """Mirror of v5 / v4.5 `mm/huge_memory.c:do_huge_pmd_wp_page()` ("mm, thp: adjust conditions
+        when we can reuse the page on WP fault"): reuse the THP when ``page_mapcount(page) == 1 &&
+        page_count(page) == 1``, else copy it whole (the THP allocation always succeeds here, so the
+        small-page fallback is never taken). Returns False: the fault is done (no fallback)."""
+        haddr = address & HPAGE_PMD_MASK
+        pmd = vma.vm_mm.pmd[haddr]
+        page = self.pages[pte_pfn(pmd)]
+        if self.page_mapcount(page) == 1 and page_count(page) == 1:
+            vma.vm_mm.pmd[haddr] = pmd | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
+            self.costs["pte_write"] += 1
+            return False
+        self._huge_pmd_copy(vma, haddr)
+        return False
+
+    def _do_wp_page_2015(self, vma: VmAreaStruct, address: int) -> None:
+        """Mirror of v5 / v4.5 `mm/memory.c:do_wp_page()` on an anonymous page: reuse it when
+        `reuse_swap_page()` says so — never for a THP subpage ("The page is part of THP and cannot
+        be reused"), else when page_mapcount() <= 1 (no swap cache) — else `wp_page_copy()`."""
+        pte = vma.vm_mm.pmd[address & HPAGE_PMD_MASK][address]
+        if not pte & _PAGE_SPECIAL:
+            page = self.pages[pte_pfn(pte)]
+            if not PageTransCompound(page) and self.page_mapcount(page) <= 1:
+                self.wp_page_reuse(vma, address)  # page_move_anon_rmap(): one anon_vma per mmap
+                return
+        self.wp_page_copy(vma, address)
+
+    # ---- mremap (mm/mremap.c) ---------------------------------------------------------------------
+
+    #: Whether move_page_tables() moves a whole PTE table when the extent is an aligned 2 MiB on both
+    #: sides and the new PMD is none (`move_normal_pmd()`, CONFIG_HAVE_MOVE_PMD, Linux 4.20+: 6.18).
+    MOVE_NORMAL_PMD = False
+
+    def move_page_tables(self, vma: VmAreaStruct, old_addr: int, new_vma: VmAreaStruct,
+                         new_addr: int, length: int) -> None:
+        """Mirror of `mm/mremap.c:move_page_tables()`: per extent (to the next PMD boundary of either
+        side), a huge PMD moves whole (`move_huge_pmd()`) when the extent is the aligned 2 MiB on
+        both sides, else is split first (`split_huge_pmd()`); PTEs move one by one (`move_ptes()`:
+        no rmap change, the entry as it was: no soft-dirty, CONFIG_MEM_SOFT_DIRTY is off) into the
+        new table (`pte_alloc()` even when nothing moves). One mmu-notifier range; one TLB flush
+        when anything moved."""
+        mm = vma.vm_mm
+        old_end = old_addr + length
+        self.costs["mmu_notifier"] += 1
+        moved = False
+        while old_addr < old_end:
+            extent = min(pmd_addr_end(old_addr, old_end) - old_addr,
+                         ((new_addr + HPAGE_PMD_SIZE) & HPAGE_PMD_MASK) - new_addr)
+            old_h, new_h = old_addr & HPAGE_PMD_MASK, new_addr & HPAGE_PMD_MASK
+            old_pmd = mm.pmd.get(old_h)
+            if old_pmd is not None:  # get_old_pmd(): NULL for pmd_none()
+                if pmd_trans_huge(old_pmd):
+                    if extent == HPAGE_PMD_SIZE and mm.pmd.get(new_h) is None:
+                        mm.pmd[new_h] = mm.pmd.pop(old_h)  # move_huge_pmd(): deposit moves with it
+                        self.costs["pmd_lock"] += 1
+                        self.costs["pte_write"] += 1
+                        moved = True
+                        old_addr += extent
+                        new_addr += extent
+                        continue
+                    self.split_huge_pmd(vma, old_addr)
+                    old_pmd = mm.pmd[old_h]
+                elif (self.MOVE_NORMAL_PMD and extent == HPAGE_PMD_SIZE
+                      and mm.pmd.get(new_h) is None):
+                    table = mm.pmd.pop(old_h)  # move_normal_pmd(): the table itself moves
+                    mm.pmd[new_h] = {a - old_h + new_h: e for a, e in table.items()}
+                    self.costs["pmd_lock"] += 1
+                    self.costs["pte_write"] += 1
+                    moved = True
+                    old_addr += extent
+                    new_addr += extent
+                    continue
+                new_table = mm.pmd.setdefault(new_h, {})  # pte_alloc()
+                assert isinstance(new_table, dict)
+                self.costs["pte_lock"] += 1
+                for off in range(0, extent, PAGE_SIZE):  # move_ptes()
+                    if old_addr + off in old_pmd:
+                        new_table[new_addr + off] = old_pmd.pop(old_addr + off)
+                        self.costs["pte_write"] += 1
+                        moved = True
+            old_addr += extent
+            new_addr += extent
+        if moved:
+            self.costs["tlb_flush"] += 1  # flush_tlb_range()
+
     # ---- split_huge_page: the steps both variants share ------------------------------------------
 
     def lru_add_page_tail(self, head: Page, page_tail: Page) -> None:
@@ -620,6 +816,22 @@ class ReferenceState:
         self._check_mapped(proc, addr, end)
         for vma in proc.vmas_overlapping(addr, end):
             self.unmap_single_vma(vma, addr, end)
+            if self.PT_RECLAIM:
+                self._reclaim_pt(vma, max(addr, vma.vm_start), min(end, vma.vm_end))
+
+    #: Whether MADV_DONTNEED frees a PTE table it emptied whole (CONFIG_PT_RECLAIM, 6.14+: on here).
+    PT_RECLAIM = False
+
+    def _reclaim_pt(self, vma: VmAreaStruct, start: int, end: int) -> None:
+        """Mirror of `mm/pt_reclaim.c` as `zap_pte_range()` uses it for MADV_DONTNEED
+        (`reclaim_pt_is_enabled()`: the zap covers the table's whole 2 MiB; `try_to_free_pte()`:
+        every entry is none): the table is freed and the PMD is none again."""
+        mm = vma.vm_mm
+        for haddr in range((start + HPAGE_PMD_SIZE - 1) & HPAGE_PMD_MASK, end & HPAGE_PMD_MASK,
+                           HPAGE_PMD_SIZE):
+            table = mm.pmd.get(haddr)
+            if isinstance(table, dict) and not table:
+                del mm.pmd[haddr]
 
     def mprotect(self, mm: str, addr: int, length: int, prot: str) -> None:
         """Mirror of `mm/mprotect.c:SYSCALL_DEFINE3(mprotect)`: per VMA, newflags from the request
@@ -638,6 +850,55 @@ class ReferenceState:
                                 newflags)
         if changed and self.VMA_MERGE:
             self._merge_vmas(proc, addr, end)
+
+    def write(self, mm: str, addr: int, length: int) -> None:
+        """A user write to every page of ``[addr, addr + len)`` in address order
+        (`handle_mm_fault()` where it faults); each page written then holds data. The whole range
+        must be mapped and writable (else SIGSEGV: bad input)."""
+        proc = self._live_mm(mm)
+        end = self._check_range(addr, length)
+        self._check_mapped(proc, addr, end)
+        for vma in proc.vmas_overlapping(addr, end):
+            if not vma.vm_flags & VM_WRITE:
+                raise BadInput(f"{mm!r}: {vma.vm_start:#x}-{vma.vm_end:#x} is read-only: a write "
+                               f"there is SIGSEGV", field="addr")
+        self._alloc_run = None
+        for vaddr in range(addr, end, PAGE_SIZE):
+            self.handle_mm_fault(proc.find_vma(vaddr), vaddr)
+            self.pages[self._follow_pfn(proc, vaddr)].data = True  # the write stores data
+
+    def mremap(self, mm: str, addr: int, length: int, new_addr: int) -> None:
+        """mremap(addr, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, new_addr) (`mm/mremap.c:
+        move_vma()`): the range, inside one VMA, to ``new_addr`` where nothing is mapped:
+        `copy_vma()` (the new VMA keeps the pages' vm_pgoff and the anon_vma),
+        `move_page_tables()`, then `do_munmap()` of the old range."""
+        proc = self._live_mm(mm)
+        end = self._check_range(addr, length)
+        if not isinstance(new_addr, int) or new_addr <= 0 or new_addr % PAGE_SIZE:
+            raise BadInput(f"expected a positive multiple of 4096 (4K), got {new_addr!r}",
+                           field="new_addr")
+        new_end = new_addr + length
+        if new_end > USER_TOP:
+            raise BadInput(f"new range {new_addr:#x}+{length:#x} ends above the 47-bit user "
+                           f"address space", field="new_addr")
+        if new_addr < end and addr < new_end:
+            raise BadInput(f"{mm!r}: new range {new_addr:#x}-{new_end:#x} overlaps the old one "
+                           f"(EINVAL)", field="new_addr")
+        vma = proc.vma_lookup(addr)
+        if vma is None or vma.vm_end < end:
+            raise BadInput(f"{mm!r}: {addr:#x}-{end:#x} is not inside one mapping (EFAULT)",
+                           field="addr")
+        if proc.vmas_overlapping(new_addr, new_end):
+            raise BadInput(f"{mm!r}: {new_addr:#x}-{new_end:#x} is mapped (vmstate moves only to "
+                           f"a free range)", field="new_addr")
+        pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT)
+        new_vma = VmAreaStruct(proc, new_addr, new_end, pgoff, vma.vm_flags, vma.anon_vma)
+        proc.insert_vma(new_vma)  # copy_vma()
+        vma.anon_vma.vmas.append(new_vma)
+        self.move_page_tables(vma, addr, new_vma, new_addr, length)
+        self.munmap(mm, addr, length)  # do_munmap() of the old range: its PTEs are gone already
+        if self.VMA_MERGE:
+            self._merge_vmas(proc, new_addr, new_end)  # copy_vma()'s vma_merge_new_range()
 
     #: Whether mprotect merges the VMAs it changed with compatible neighbours (vma_merge()): 6.18,
     #: where it is observable against the running kernel; v5 and v4.5 keep the seed's no-merge rule.

@@ -116,6 +116,10 @@ class ReferenceStateV4_5(ReferenceState, variant="v4.5"):
         """Mirror of v4.5 `mm/huge_memory.c:deferred_split_scan()` (shrink)."""
         return self._deferred_split_scan_2015()
 
+    # ---- write faults: the 2015 rules (v5 and v4.5 alike) ----------------------------------------
+    do_huge_pmd_wp_page = ReferenceState._do_huge_pmd_wp_page_2015
+    do_wp_page = ReferenceState._do_wp_page_2015
+
     def page_get_anon_vma(self, page: Page) -> AnonVma | None:
         """Mirror of v4.5 `mm/rmap.c:page_get_anon_vma()`: NULL unless anon and page_mapped() (for a
         THP the same as v5's total_mapcount() != 0)."""
@@ -192,7 +196,7 @@ class ReferenceStateV4_5(ReferenceState, variant="v4.5"):
             address = vma.vm_start
         # pgd/pud present (as in v5); v4.5 also takes pmd_lock() before the pmd_present() test.
         self.costs["pmd_lock"] += 1
-        pmd = mm.pmd.get(haddr)
+        pmd = mm.pmd.get(address & HPAGE_PMD_MASK)  # pmd_offset(pud, address): after the skip
         if pmd is None:
             return
         if pmd_trans_huge(pmd):
@@ -202,7 +206,12 @@ class ReferenceStateV4_5(ReferenceState, variant="v4.5"):
         self.costs["pte_lock"] += 1  # pte_offset_map_lock()
         for i in range(nr):  # v4.5: from the VMA's start (or the THP's) to the THP's end
             vaddr = address + i * PAGE_SIZE
-            assert vaddr != haddr + HPAGE_PMD_SIZE  # page-table crossing: THPs are aligned here
+            if vaddr == haddr + HPAGE_PMD_SIZE:  # "crossed page table boundary" (after mremap)
+                pmd = mm.pmd.get(vaddr)  # mm_find_pmd(): none or huge -> NULL
+                if not isinstance(pmd, dict):
+                    return
+                haddr = vaddr
+                self.costs["pte_lock"] += 1
             sub = head.block[off + i]
             pte = pmd.get(vaddr)
             if pte is None or not pte_present(pte):
@@ -242,13 +251,18 @@ class ReferenceStateV4_5(ReferenceState, variant="v4.5"):
             off = (vma.vm_start - address) >> PAGE_SHIFT
             nr -= off
             address = vma.vm_start
-        pmd = vma.vm_mm.pmd.get(haddr)
+        pmd = vma.vm_mm.pmd.get(address & HPAGE_PMD_MASK)  # mm_find_pmd(address), after the skip
         if not isinstance(pmd, dict):  # mm_find_pmd(): none or huge -> NULL
             return
         self.costs["pte_lock"] += 1  # pte_offset_map_lock()
         for i in range(nr):
             vaddr = address + i * PAGE_SIZE
-            assert vaddr != haddr + HPAGE_PMD_SIZE  # page-table crossing: THPs are aligned here
+            if vaddr == haddr + HPAGE_PMD_SIZE:  # "crossed page table boundary" (after mremap)
+                pmd = vma.vm_mm.pmd.get(vaddr)  # mm_find_pmd(): none or huge -> NULL
+                if not isinstance(pmd, dict):
+                    return
+                haddr = vaddr
+                self.costs["pte_lock"] += 1
             sub = head.block[off + i]
             pte = pmd.get(vaddr)
             if pte is None or pte_present(pte):  # !is_swap_pte()

@@ -105,6 +105,10 @@ class ReferenceStateV5(ReferenceState, variant="v5"):
         """Mirror of v5 `mm/huge_memory.c:deferred_split_scan()` (shrink)."""
         return self._deferred_split_scan_2015()
 
+    # ---- write faults: the 2015 rules (v5 and v4.5 alike) ----------------------------------------
+    do_huge_pmd_wp_page = ReferenceState._do_huge_pmd_wp_page_2015
+    do_wp_page = ReferenceState._do_wp_page_2015
+
     def page_get_anon_vma(self, page: Page) -> AnonVma | None:
         """Mirror of `mm/rmap.c:page_get_anon_vma()`: NULL unless anon and page_mapped() (for a THP:
         total_mapcount() != 0, docs/semantics.md)."""

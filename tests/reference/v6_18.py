@@ -129,6 +129,8 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
 
     HAS_MADV_COLD = True
     VMA_MERGE = True
+    MOVE_NORMAL_PMD = True  # CONFIG_HAVE_MOVE_PMD=y here (/proc/config.gz)
+    PT_RECLAIM = True  # CONFIG_PT_RECLAIM=y here; measured: docs/kernel-bridge.md (case f)
     page_mapcount = staticmethod(page_mapcount)
     total_mapcount = staticmethod(total_mapcount)
 
@@ -439,6 +441,50 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
         if freeze:
             self.put_page(page)
 
+    # ---- write faults (5.8+ "thp: change CoW semantics for anon-THP"; 6.16+ PTE-mapped THP reuse) --
+
+    def do_huge_pmd_wp_page(self, vma: VmAreaStruct, address: int) -> bool:
+        """Mirror of 6.18 `mm/huge_memory.c:do_huge_pmd_wp_page()`: reuse the PMD when the folio is
+        PageAnonExclusive, or when the PMD holds its only reference (folio_ref_count() == 1:
+        SetPageAnonExclusive()); else `__split_huge_pmd()` and VM_FAULT_FALLBACK (returns True): the
+        PTE fault copies one 4 KiB page."""
+        haddr = address & HPAGE_PMD_MASK
+        pmd = vma.vm_mm.pmd[haddr]
+        folio = self.pages[pte_pfn(pmd)]
+        if not PageAnonExclusive(folio):
+            if page_count(folio) != 1:
+                self.split_huge_pmd(vma, address)
+                return True
+            SetPageAnonExclusive(folio)  # folio_move_anon_rmap(); SetPageAnonExclusive(page)
+        vma.vm_mm.pmd[haddr] = pmd | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW  # reuse:
+        self.costs["pte_write"] += 1
+        return False
+
+    def wp_can_reuse_anon_folio(self, folio: Page, vma: VmAreaStruct) -> bool:
+        """Mirror of 6.18 `mm/memory.c:wp_can_reuse_anon_folio()`: a small folio when its only
+        reference is the mapping's; a large one (`__wp_can_reuse_large_anon_folio()`) when more
+        than one page is mapped, no other MM maps it and every reference is a mapping's."""
+        if folio_test_large(folio):
+            if folio_mapcount(folio) <= 1:  # "just free up a large folio if only a single page"
+                return False
+            if folio._mm_ids_shared:  # folio_test_large_maybe_mapped_shared()
+                return False
+            return folio_mapcount(folio) == page_count(folio)
+        return page_count(folio) == 1
+
+    def do_wp_page(self, vma: VmAreaStruct, address: int) -> None:
+        """Mirror of 6.18 `mm/memory.c:do_wp_page()` on a private anonymous PTE: the shared zero
+        page is copied; a page is reused when PageAnonExclusive or `wp_can_reuse_anon_folio()`
+        (then SetPageAnonExclusive()), else copied (`wp_page_copy()`)."""
+        pte = vma.vm_mm.pmd[address & HPAGE_PMD_MASK][address]
+        if not pte & _PAGE_SPECIAL:
+            page = self.pages[pte_pfn(pte)]
+            if PageAnonExclusive(page) or self.wp_can_reuse_anon_folio(compound_head(page), vma):
+                SetPageAnonExclusive(page)
+                self.wp_page_reuse(vma, address)
+                return
+        self.wp_page_copy(vma, address)
+
     # ---- the split: __folio_split(folio, 0) -----------------------------------------------------
 
     def page_get_anon_vma(self, page: Page) -> AnonVma | None:
@@ -471,15 +517,19 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
         self.costs["mmu_notifier"] += 1
         self.costs["pmd_lock"] += 1
         pmd = mm.pmd.get(haddr)
-        if pmd is None:
-            return
         if pmd_trans_huge(pmd):
             if pte_pfn(pmd) == folio.pfn:
                 self._split_huge_pmd_locked(vma, haddr, True)  # split_huge_pmd_locked(freeze)
             return  # restarted walk: only migration entries of this folio remain here
-        self.costs["pte_lock"] += 1
+        table = None
         for vaddr in range(start, end, PAGE_SIZE):
-            pte = pmd.get(vaddr)
+            if vaddr == start or vaddr & ~HPAGE_PMD_MASK == 0:  # page_vma_mapped_walk(): next table
+                table = mm.pmd.get(vaddr & HPAGE_PMD_MASK)
+                if isinstance(table, dict):
+                    self.costs["pte_lock"] += 1
+            if not isinstance(table, dict):  # none (or another THP's huge PMD): step over it
+                continue
+            pte = table.get(vaddr)
             if pte is None or not pte_present(pte) or pte & _PAGE_SPECIAL:
                 continue
             pfn = pte_pfn(pte)
@@ -492,8 +542,8 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
                 folio.flags |= 1 << PG_dirty  # folio_mark_dirty(folio)
             if anon_exclusive:
                 ClearPageAnonExclusive(subpage)  # folio_try_share_anon_rmap_pte(): succeeds
-            pmd[vaddr] = make_migration_pte(pfn, pte_write(pte), anon_exclusive, pte_young(pte),
-                                            bool(pte & _PAGE_DIRTY), pte_soft_dirty(pte))
+            table[vaddr] = make_migration_pte(pfn, pte_write(pte), anon_exclusive, pte_young(pte),
+                                              bool(pte & _PAGE_DIRTY), pte_soft_dirty(pte))
             self.costs["pte_write"] += 1
             self.folio_remove_rmap_ptes(folio, pfn - folio.pfn, 1, vma)
             self.put_page(folio)
@@ -517,11 +567,14 @@ class ReferenceStateV6_18(ReferenceState, variant="6.18"):
         folio = page
         nr = N if folio_test_large(folio) else 1
         start, end = self._vma_walk_range(vma, page.index, nr)
-        table = vma.vm_mm.pmd.get(start & HPAGE_PMD_MASK)
-        if not isinstance(table, dict):
-            return
-        self.costs["pte_lock"] += 1  # page_vma_mapped_walk(PVMW_SYNC | PVMW_MIGRATION)
+        table = None
         for vaddr in range(start, end, PAGE_SIZE):
+            if vaddr == start or vaddr & ~HPAGE_PMD_MASK == 0:  # page_vma_mapped_walk(): next table
+                table = vma.vm_mm.pmd.get(vaddr & HPAGE_PMD_MASK)
+                if isinstance(table, dict):
+                    self.costs["pte_lock"] += 1  # page_vma_mapped_walk(PVMW_SYNC | PVMW_MIGRATION)
+            if not isinstance(table, dict):
+                continue
             old = table.get(vaddr)
             if old is None or not is_migration_entry(old):
                 continue

@@ -167,8 +167,10 @@ def _apply(state, op: Op, seed: int = 0):
             return state.split(f["mm"], f["addr"], f["len"], race=race)
         case "shrink":
             return state.shrink()
+        case "mremap":
+            return state.mremap(f["mm"], f["addr"], f["len"], f["new_addr"])
         case ("munmap" | "madvise_dontneed" | "madvise_cold" | "madvise_pageout" | "pin" | "unpin"
-              | "split"):
+              | "split" | "write"):
             return getattr(state, op.op)(f["mm"], f["addr"], f["len"])
     raise AssertionError(f"op {op.op!r} passed load_scenario() but has no MemoryState call")
 

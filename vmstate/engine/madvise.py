@@ -8,7 +8,7 @@ from vmstate.engine.huge_memory import split_thps
 from vmstate.engine.memory import slots, zap_page_range
 from vmstate.errors import BadInput
 from vmstate.kernels.constants import (
-    EV_MTHP_SWPOUT_FALLBACK, EV_THP_SWPOUT_FALLBACK, HPAGE_PMD_NR, SPLIT_OK,
+    EV_MTHP_SWPOUT_FALLBACK, EV_THP_SWPOUT_FALLBACK, HPAGE_PMD_NR, SPLIT_OK, _PAGE_PRESENT, _PAGE_PSE,
 )
 
 ADVICE = {"madvise_cold": "MADV_COLD", "madvise_pageout": "MADV_PAGEOUT"}
@@ -20,7 +20,22 @@ def madvise_dontneed(state, mm, addr, length):
     end = check_range(addr, length)
     require_mapped(m, addr, end)
     for vma in vmas_in(m, addr, end):
-        zap_page_range(state, m, max(addr, vma.vm_start), min(end, vma.vm_end))
+        start, stop = max(addr, vma.vm_start), min(end, vma.vm_end)
+        zap_page_range(state, m, start, stop)
+        if state.k.PT_RECLAIM:
+            reclaim_pt(state, m, start, stop)
+
+
+def reclaim_pt(state, mm, start, end):
+    """``mm/pt_reclaim.c`` as ``zap_pte_range()`` uses it for MADV_DONTNEED (CONFIG_PT_RECLAIM,
+    6.18): a PTE table whose whole 2 MiB the zap covered (``reclaim_pt_is_enabled()``) holds only
+    none entries now (``try_to_free_pte()``): it is freed and the PMD is none again."""
+    haddr, lo, hi = slots(start, end)
+    rows = mm.lookup_pmds(haddr[(lo == 0) & (hi == HPAGE_PMD_NR)])
+    rows = rows[rows >= 0]
+    rows = rows[(state.pmd[rows] & np.uint64(_PAGE_PRESENT | _PAGE_PSE)) == _PAGE_PRESENT]
+    state.pmd[rows] = 0
+    state.pte_table[rows] = -1
 
 
 def madvise_cold(state, mm, addr, length):

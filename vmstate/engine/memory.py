@@ -1,14 +1,19 @@
 """Faults, zaps and fork's page-table copy, as in ``mm/memory.c``: the wrappers that find a range's
-PMD entries and run the kernels of :mod:`vmstate.kernels.memory` and :mod:`vmstate.kernels.pmd`."""
+PMD entries and run the kernels of :mod:`vmstate.kernels.memory`, :mod:`vmstate.kernels.pmd` and
+:mod:`vmstate.kernels.fault` (the ``write`` op's faults)."""
 from __future__ import annotations
 
 import numba
 import numpy as np
 
+from vmstate.engine.checks import check_range, live_mm, require_mapped, vmas_in
 from vmstate.engine.mm_types import Mm
+from vmstate.errors import BadInput
 from vmstate.kernels.constants import (
-    HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, _PAGE_PRESENT, _PAGE_PSE,
+    HPAGE_PMD_NR, HPAGE_PMD_SIZE, PAGE_SHIFT, VM_HUGEPAGE, VM_WRITE, _PAGE_PRESENT, _PAGE_PSE,
+    _PAGE_RW,
 )
+from vmstate.kernels.fault import C_USED
 
 N = HPAGE_PMD_NR
 
@@ -76,3 +81,50 @@ def copy_page_range(state, dst: Mm, src: Mm, vma):
     table = (entry[copy] & np.uint64(_PAGE_PSE)) == 0
     state.table_rows(dst_rows[table])
     state.k.copy_pmd_range(rows, dst_rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a)
+
+
+def write(state, mm, addr, length):
+    """A user write to every page of ``[addr, addr + length)`` in address order
+    (``handle_mm_fault()`` where it faults: :mod:`vmstate.kernels.fault`); the pages written then
+    hold data. The range must be mapped and writable: a write elsewhere is SIGSEGV, bad input."""
+    m = live_mm(state, mm)
+    end = check_range(addr, length)
+    require_mapped(m, addr, end, errno="SIGSEGV")
+    vmas = vmas_in(m, addr, end)
+    for v in vmas:
+        if not v.vm_flags & VM_WRITE:
+            raise BadInput(f"0x{v.vm_start:x}-0x{v.vm_end:x} of process {mm!r} is read-only: a write "
+                           f"there is SIGSEGV", field="addr")
+    parts = []
+    for v in vmas:  # segments: per (VMA, slot) part of the range, in address order
+        haddr, lo, hi = slots(max(addr, v.vm_start), min(end, v.vm_end))
+        thp = (haddr >= v.vm_start) & (haddr + HPAGE_PMD_SIZE <= v.vm_end) \
+            & bool(v.vm_flags & VM_HUGEPAGE)  # thp_vma_suitable_order(), THP "madvise" mode
+        index = v.vm_pgoff + ((haddr - v.vm_start) >> PAGE_SHIFT)  # linear_page_index() of PTE 0
+        parts.append((haddr, lo, hi, index, thp, np.full(len(haddr), v.anon_vma)))
+    haddr, lo, hi, index, thp, mapping = (np.concatenate(c) for c in zip(*parts))
+    uniq = np.unique(haddr)
+    rows = state.pmd_rows(m, uniq)[np.searchsorted(uniq, haddr)]  # one row per slot
+    entry = state.pmd[rows]
+    none = entry == 0
+    state.table_rows(np.unique(rows[none & ~thp]))  # do_anonymous_page()'s __pte_alloc()
+    if not state.k.HUGE_PMD_WP_COPIES_THP:  # the deposited tables a wp fault may split into
+        huge = rows[((entry & np.uint64(_PAGE_PSE)) != 0) & ((entry & np.uint64(_PAGE_RW)) == 0)]
+        state.withdraw_tables(np.unique(huge))
+    costs = np.zeros(len(state.cost_counters), np.int64)
+    events = np.zeros(len(state.events), np.int64)
+    cursor = np.array([0, 0, 0, -1, -1, -1], np.int64)
+    pool = np.array([state.blocks.n, 0], np.int64)
+    grow = max(16, len(rows))
+    while True:
+        state.blocks.append(grow)  # zeroed; the kernel initialises each block it takes
+        pool[1] += grow
+        done = state.k.handle_mm_faults(rows, lo, hi, index.astype(np.uint64), thp.astype(np.uint8),
+                                        mapping.astype(np.int32), state.pmds.a, state.tables.a,
+                                        state.blocks.a, pool, cursor, costs, events)
+        if done:
+            break
+        grow = 2 * grow
+    state.blocks.truncate(int(pool[0] + cursor[C_USED]))  # the pool's unused blocks go back
+    state.cost_counters += costs
+    state.events += events

@@ -92,6 +92,11 @@ class Grow:
         self._zeroed = max(self._zeroed, need) if zero else self._zeroed
         return start
 
+    def truncate(self, n):
+        """Drop the records from ``n`` on, which must be zero (never written since ``append``)."""
+        assert n <= self.n
+        self.n = n
+
     def reserve(self, k):
         """Make room for ``k`` more records at once (one allocation, no doubling, nothing touched)."""
         if self.n + k > len(self._buf):

@@ -5,7 +5,8 @@ primitives that allocate frames and page-table entries; ``state.k`` is its varia
 (:mod:`vmstate.kernels.variants`), chosen once here. The operations live where the kernel keeps
 them — :mod:`~vmstate.engine.mmap` (mmap, munmap, exit), :mod:`~vmstate.engine.fork`,
 :mod:`~vmstate.engine.madvise`, :mod:`~vmstate.engine.mprotect`, :mod:`~vmstate.engine.gup` (pin,
-unpin), :mod:`~vmstate.engine.huge_memory` (split_pmd, split) — and the methods below call them.
+unpin), :mod:`~vmstate.engine.huge_memory` (split_pmd, split), :mod:`~vmstate.engine.memory`
+(write), :mod:`~vmstate.engine.mremap` — and the methods below call them.
 Every check runs before the first change, so bad input leaves the state untouched; kernel outcomes
 (-EBUSY) are result arrays, not exceptions.
 """
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from vmstate.engine import fork as _fork, gup, huge_memory, madvise, mmap as _mmap, mprotect as _mprotect
+from vmstate.engine import (
+    fork as _fork, gup, huge_memory, madvise, memory as _memory, mmap as _mmap, mprotect as _mprotect,
+    mremap as _mremap,
+)
 from vmstate.engine.compare import dump_state
 from vmstate.engine.dtypes import PAGE_BLOCK_DTYPE, PMD_DTYPE, PTE_TABLE_DTYPE
 from vmstate.engine.mm_types import Grow, Mm, Vma
@@ -83,6 +87,14 @@ class MemoryState:
     def unpin(self, mm, addr, length):
         """:func:`vmstate.engine.gup.unpin`"""
         self._after(gup.unpin(self, mm, addr, length))
+
+    def write(self, mm, addr, length):
+        """:func:`vmstate.engine.memory.write`"""
+        self._after(_memory.write(self, mm, addr, length))
+
+    def mremap(self, mm, addr, length, new_addr):
+        """:func:`vmstate.engine.mremap.mremap`"""
+        self._after(_mremap.mremap(self, mm, addr, length, new_addr))
 
     def madvise_cold(self, mm, addr, length):
         """:func:`vmstate.engine.madvise.madvise_cold` (6.18)"""
