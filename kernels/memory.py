@@ -75,8 +75,9 @@ def zap_pte_range(pte, lo, hi, mm_id, blocks, costs, events):
 def zap_pmd_range(rows, lo, hi, pmds, tables, blocks, costs, events):
     """Mirror of ``zap_pmd_range()``: a huge PMD wholly inside the range goes whole
     (``zap_huge_pmd()``); one the range covers in part is split first (``split_huge_pmd()``), then
-    its PTEs in the range are zapped. The slots of one process map pages of their own blocks, so
-    they run on a prange; ``costs``/``events`` are ``[thread, counter]`` slabs the caller sums."""
+    its PTEs in the range are zapped. The slots of a process that never mremap'ed map pages of their
+    own blocks, so they run on a prange (``zap_pmd_range_serial`` otherwise); ``costs``/``events``
+    are ``[thread, counter]`` slabs the caller sums."""
     for r in prange(rows.shape[0]):
         row = rows[r]
         if row < 0:
@@ -91,6 +92,11 @@ def zap_pmd_range(rows, lo, hi, pmds, tables, blocks, costs, events):
             continue
         zap_pte_range(tables[pmds[row]["pte_table"]]["pte"], lo[r], hi[r], mm_id_of(pmds, row),
                       blocks, costs[t], events[t])
+
+
+# The same walk one slot after another, for a process whose slots may share a block: after mremap a
+# THP's pages sit in two slots, whose zaps would race on its counts and content words on a prange.
+per_variant(name="zap_pmd_range_serial")(zap_pmd_range)
 
 
 @per_variant()

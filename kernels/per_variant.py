@@ -232,13 +232,14 @@ DECLARED = tuple(n for n, v in list(globals().items())
                  if isinstance(v, _Declared) or getattr(v, "__qualname__", "") == "_declare.<locals>.unbuilt")
 
 
-def per_variant(**options):
+def per_variant(name=None, **options):
     """Mark a common kernel: compiled once per variant by :func:`build` (with ``options`` for njit),
-    never called as it stands."""
+    never called as it stands. ``name``: build it under another name (one function, two builds)."""
     def mark(fn):
-        if fn.__name__ in _COMMON:
-            raise RuntimeError(f"two common kernels named {fn.__name__}")
-        _COMMON[fn.__name__] = (fn, options)
+        key = name or fn.__name__
+        if key in _COMMON:
+            raise RuntimeError(f"two common kernels named {key}")
+        _COMMON[key] = (fn, options)
         return fn
     return mark
 

@@ -1,6 +1,6 @@
 """Random operation programs for stateful tests: one ``RuleBasedStateMachine`` that drives two models
 with the same ops (mmap with either fill, fork, exit, munmap, madvise_dontneed, madvise_cold,
-madvise_pageout, mprotect, pin, unpin, split_pmd, split with racing pins, shrink). Subclasses say which two models and what must hold after every step
+madvise_pageout, mprotect, pin, unpin, write, mremap, split_pmd, split with racing pins, shrink). Subclasses say which two models and what must hold after every step
 (``test_differential.py``: engine vs reference; ``test_variants.py``: v5 vs v4.5)."""
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
@@ -200,6 +200,24 @@ class Programs(RuleBasedStateMachine):
         self.pins.remove(p)
 
     @precondition(lambda self: self.alive)
+    @rule(data=st.data(), s=slot, off=page_off, n=length_pages)
+    def write(self, data, s, off, n):
+        """A write over a range inside one VMA (ends biased to 2 MiB edges), or anywhere (over holes
+        and read-only VMAs: bad input)."""
+        name = data.draw(st.sampled_from(self.alive))
+        rng = self.live_vma_range(data, name) if data.draw(st.integers(0, 3)) else None
+        self.both("write", name, *(rng or (addr_of(s, off), n * PAGE)))
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data(), s=st.integers(0, 19), off=page_off)
+    def mremap(self, data, s, off):
+        """A range inside one VMA moved to slot ``s`` (mostly above the slots mmap uses, so free;
+        below, into a hole or onto a mapping: bad input), aligned or not."""
+        name = data.draw(st.sampled_from(self.alive))
+        rng = self.live_vma_range(data, name) or (BASE, PAGE)
+        self.both("mremap", name, *rng, addr_of(s, off))
+
+    @precondition(lambda self: self.alive)
     @rule(data=st.data(), s=slot, off=page_off)
     def split_pmd(self, data, s, off):
         self.both("split_pmd", data.draw(st.sampled_from(self.alive)), addr_of(s, off))
@@ -208,7 +226,7 @@ class Programs(RuleBasedStateMachine):
     @rule(data=st.data(), s=slot, off=page_off, n=length_pages, whole=st.booleans(), race=races)
     def split(self, data, s, off, n, whole, race):
         name = data.draw(st.sampled_from(self.alive))
-        rng = (BASE, 10 * MB2) if whole else (
+        rng = (BASE, 20 * MB2) if whole else (
             self.live_vma_range(data, name) if data.draw(st.booleans()) else None)
         before = set(held(self.a))
         ok, (ra, rb) = self.both("split", name, *(rng or (addr_of(s, off), n * PAGE)), race)

@@ -12,6 +12,7 @@ def dup_mmap(state, mm, child):
     tree per mmap), then its page tables (``copy_page_range()``)."""
     parent = live_mm(state, mm)
     c = new_mm(state, child, "child")
+    c.nonlinear = parent.nonlinear  # the child's page tables are copies of the parent's
     for vma in list(parent.vmas):
         add_vma(state, c, Vma(c, vma.vm_start, vma.vm_end, vma.vm_pgoff, vma.vm_flags, vma.anon_vma))
         copy_page_range(state, c, parent, vma)

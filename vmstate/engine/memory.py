@@ -58,7 +58,8 @@ def zap_page_range(state, mm: Mm, start: int, end: int):
     threads = numba.get_num_threads()
     costs = np.zeros((threads, len(state.cost_counters)), np.int64)
     events = np.zeros((threads, len(state.events)), np.int64)
-    state.k.zap_pmd_range(rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a, costs, events)
+    zap = state.k.zap_pmd_range_serial if mm.nonlinear else state.k.zap_pmd_range
+    zap(rows, lo, hi, state.pmds.a, state.tables.a, state.blocks.a, costs, events)
     state.cost_counters += costs.sum(axis=0)
     state.events += events.sum(axis=0)
 

@@ -31,6 +31,8 @@ class Mm:
     id: int
     vmas: list = field(default_factory=list)
     alive: bool = True
+    nonlinear: bool = False  # mremap moved pages here (or in the parent before fork): two slots may
+                             # map pages of one block
     haddrs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 

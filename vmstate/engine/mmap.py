@@ -33,7 +33,8 @@ def remove_vma(state, vma: Vma):
 def split_vma(state, vma: Vma, at):
     """``__split_vma()`` at ``at``: ``__vma_adjust_trans_huge()`` splits a PMD straddling ``at``."""
     split_huge_pmd_address(state, vma.mm, at)
-    upper = Vma(vma.mm, at, vma.vm_end, at >> PAGE_SHIFT, vma.vm_flags, vma.anon_vma)
+    upper = Vma(vma.mm, at, vma.vm_end, vma.vm_pgoff + ((at - vma.vm_start) >> PAGE_SHIFT),
+                vma.vm_flags, vma.anon_vma)
     vma.vm_end = at
     add_vma(state, vma.mm, upper)
     return upper

@@ -45,6 +45,7 @@ def mremap(state, mm, addr, length, new_addr):
     vma = inside[0]
     pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT)
     add_vma(state, m, Vma(m, new_addr, new_end, pgoff, vma.vm_flags, vma.anon_vma))  # copy_vma()
+    m.nonlinear = True
     move_page_tables(state, m, addr, new_addr, length)
     munmap(state, mm, addr, length)
     if state.k.VMA_MERGE:
