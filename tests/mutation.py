@@ -76,12 +76,12 @@ MUTANTS = [
     ("pmd.mmu_notifier", "kernels/pmd.py", "    costs[C_PMD_LOCK] += 1\n    costs[C_MMU_NOTIFIER] += 1\n",
      "    costs[C_PMD_LOCK] += 1\n"),
     # ---- freeze ----
-    ("freeze.pmd_lock_none", "kernels/freeze.py", "    costs[C_PMD_LOCK] += 1\n    if row < 0:",
-     "    costs[C_PMD_LOCK] += 1 if row >= 0 else 0\n    if row < 0:"),
+    ("freeze.pmd_lock_none", "kernels/freeze.py", "    costs[C_PMD_LOCK] += 1\n    s = w[WALK_SHIFT]",
+     "    costs[C_PMD_LOCK] += 1 if w[0] >= 0 else 0\n    s = w[WALK_SHIFT]"),
     ("freeze.write_bit", "kernels/v5.py", "(pte & (PTE_PFN_MASK | _PAGE_RW | _PAGE_SOFT_DIRTY))",
      "(pte & (PTE_PFN_MASK | _PAGE_SOFT_DIRTY))"),
-    ("freeze.pte_lock", "kernels/freeze.py", "    costs[C_PTE_LOCK] += 1\n    pte = tables",
-     "    pte = tables"),
+    ("freeze.pte_lock", "kernels/freeze.py", "        costs[C_PTE_LOCK] += 1\n        if first and",
+     "        if first and"),
     ("freeze.mmu_notifier", "kernels/freeze.py", "        costs[C_MMU_NOTIFIER] += 1\n        freeze_page_vma",
      "        freeze_page_vma"),
     ("freeze.v45_from_vm_start", "kernels/v4_5.py", "FREEZE_FROM_VM_START = True",
@@ -89,8 +89,8 @@ MUTANTS = [
     ("freeze.v45_put", "kernels/v4_5.py", '    page_remove_rmap_pte(page, i, events)\n    page["_count"][0] -= 1\n',
      '    page_remove_rmap_pte(page, i, events)\n'),
     # ---- unfreeze ----
-    ("unfreeze.v5_vma_write", "kernels/v5.py", "            rw = _PAGE_RW if vma_write[v] else 0",
-     "            rw = _PAGE_RW"),
+    ("unfreeze.v5_vma_write", "kernels/v5.py", "        rw = _PAGE_RW if vma_write[v] else 0",
+     "        rw = _PAGE_RW"),
     ("unfreeze.v5_no_table_notifier", "kernels/v5.py",
      "                mapped += page_mapcount(_mapcount, i, cmc, offset) != 0",
      "                mapped += 0"),
@@ -166,6 +166,52 @@ MUTANTS = [
     ("fault.v5_offset", "kernels/v5.py", "    for i in range(HPAGE_PMD_NR):\n        mc[i] = 0\n",
      "    for i in range(1, HPAGE_PMD_NR):\n        mc[i] = 0\n"),
     ("rmap.vma_lo", "vmstate/engine/huge_memory.py", "np.maximum(0, v.vm_pgoff - ii)", "np.maximum(1, v.vm_pgoff - ii)"),
+    # ---- write faults (kernels/fault.py and each variant's reuse rules) ----
+    ("wp.v2015_huge_pinned", "kernels/v2015.py", "            and page[\"_count\"][0] == 1)", ")"),
+    ("wp.v2015_thp_subpage", "kernels/v2015.py",
+     "    if page[\"flags\"][i] & ((1 << PG_head) | (1 << PG_tail)):\n        return False", ""),
+    ("wp.v2015_copies_thp", "kernels/v2015.py", "HUGE_PMD_WP_COPIES_THP = True", "HUGE_PMD_WP_COPIES_THP = False"),
+    ("wp.v618_single_pte", "kernels/v6_18.py", "            if (folio_mapcount(page) <= 1 or page[",
+     "            if (folio_mapcount(page) < 1 or page["),
+    ("wp.v618_shared", "kernels/v6_18.py", 'page["_mm_ids_shared"] != 0\n                    or folio_mapcount',
+     'False\n                    or folio_mapcount'),
+    ("wp.v618_huge_count", "kernels/v6_18.py", '    if page["_count"][0] != 1:\n        return False\n    page["flags"][0] |= _AE',
+     '    if page["_count"][0] > 2:\n        return False\n    page["flags"][0] |= _AE'),
+    ("wp.v618_small_count", "kernels/v6_18.py", '        elif page["_count"][i] != 1:', '        elif page["_count"][i] > 2:'),
+    ("wp.v618_sets_exclusive", "kernels/v6_18.py", '        page["flags"][i] |= _AE\n    return True', "    return True"),
+    ("wp.copy_content", "kernels/fault.py", '        new["data"][w] = old["data"][w]', '        new["data"][w] = 0'),
+    ("wp.copy_rmap", "kernels/fault.py", "                        page_remove_rmap_ptes(old, j, j + 1, mm_id, events)\n", ""),
+    ("wp.frame_run", "kernels/fault.py", "cursor[C_RUN_PAGE] == i - 1:", "cursor[C_RUN_PAGE] == i - 2:"),
+    ("wp.mmu_sets_dirty", "kernels/fault.py", "_YOUNG_DIRTY = _PAGE_ACCESSED | _PAGE_DIRTY", "_YOUNG_DIRTY = _PAGE_ACCESSED"),
+    ("wp.written_data", "kernels/fault.py", "                    set_page_data(blocks[pmd_block(entry)], i, i + 1, True)",
+     "                    set_page_data(blocks[pmd_block(entry)], i, i + 1, False)"),
+    ("wp.linear_index", "vmstate/engine/memory.py", "index = v.vm_pgoff + ((haddr - v.vm_start) >> PAGE_SHIFT)",
+     "index = haddr >> PAGE_SHIFT"),
+    ("wp.thp_where_allowed", "vmstate/engine/memory.py", "(haddr + HPAGE_PMD_SIZE <= v.vm_end)", "(haddr < v.vm_end)"),
+    # ---- mremap and the rmap walk after it ----
+    ("mremap.pgoff", "vmstate/engine/mremap.py", "pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT)",
+     "pgoff = addr >> PAGE_SHIFT"),
+    ("mremap.normal_pmd", "vmstate/engine/mremap.py", "(huge | state.k.MOVE_NORMAL_PMD)", "huge"),
+    ("mremap.new_none", "vmstate/engine/mremap.py", "full = (size == HPAGE_PMD_SIZE) & new_none",
+     "full = (size == HPAGE_PMD_SIZE) & new_none & (old & (HPAGE_PMD_SIZE - 1) == 0) & False"),
+    ("mremap.flush", "kernels/mremap.py", "    if moved:\n        costs[C_TLB_FLUSH] += 1", "    costs[C_TLB_FLUSH] += 1"),
+    ("mremap.merge", "vmstate/engine/mremap.py", "    if state.k.VMA_MERGE:\n        merge_vmas", "    if False:\n        merge_vmas"),
+    ("walk.shift", "vmstate/engine/huge_memory.py", "walk[:, WALK_SHIFT] = (address >> PAGE_SHIFT) & (N - 1)",
+     "walk[:, WALK_SHIFT] = 0"),
+    ("walk.next_row", "vmstate/engine/huge_memory.py", "lookup_pmds(haddr[cross] + HPAGE_PMD_SIZE)",
+     "lookup_pmds(haddr[cross])"),
+    ("walk.v45_at_address", "kernels/v4_5.py", "FREEZE_AT_VMA_ADDRESS = True", "FREEZE_AT_VMA_ADDRESS = False"),
+    ("walk.v45_unfreeze_cross", "kernels/v4_5.py", "        if s + i == HPAGE_PMD_NR:  # \"crossed",
+     "        if False:  # \"crossed"),
+    ("walk.v45_relock", "kernels/freeze.py", "            costs[C_PTE_LOCK] += 1  # 4.5 starts on the boundary",
+     "            pass  # 4.5 starts on the boundary"),
+    ("walk.v618_holes", "kernels/v6_18.py", "RMAP_WALK_STEPS_OVER_HOLES = True", "RMAP_WALK_STEPS_OVER_HOLES = False"),
+    ("walk.v5_unfreeze_half", "kernels/v5.py", "            row = vma_walk[v, half]\n            mapped = 0",
+     "            row = vma_walk[v, 0]\n            mapped = 0"),
+    ("walk.v618_unfreeze_half", "kernels/v6_18.py", "            row = vma_walk[v, half]\n            if lo >= hi",
+     "            row = vma_walk[v, 0]\n            if lo >= hi"),
+    ("pt_reclaim.v618", "kernels/v6_18.py", "PT_RECLAIM = True", "PT_RECLAIM = False"),
+    ("pt_reclaim.whole", "vmstate/engine/madvise.py", "haddr[(lo == 0) & (hi == HPAGE_PMD_NR)]", "haddr[(hi == HPAGE_PMD_NR)]"),
     # ---- pin ----
     ("pin.all_pages", "vmstate/engine/gup.py", "    k_refcount.get_pages(state.blocks.a, pfns, 1)",
      "    k_refcount.get_pages(state.blocks.a, pfns[:1], 1)"),
@@ -234,16 +280,12 @@ EQUIVALENT = {
                         "reachable state",
     "pmd.v45_double_map": "setting PG_double_map when the last PMD is split is undone at once: the "
                           "same call finds compound_mapcount < 0 and clears it with its +1",
-    "freeze.v45_from_vm_start": "the PTEs below the VMA's first subpage in that table either map "
-                                "other pages (skipped by the pfn test) or belong to a lower VMA of "
-                                "the same process, visited first in vm_pgoff order, which already "
-                                "made them migration entries; no op yet moves a VMA (mremap) so "
-                                "that a higher pgoff sits lower",
     "unfreeze.v5_vma_write": "a migration entry is writable only if its PTE or PMD was, which needs "
                              "VM_WRITE, and VM_WRITE cannot change during a split",
-    "unfreeze.v5_pfn_check": "a migration entry in the THP's slot of a table points at that "
-                             "THP's subpage at the same index: a freeze writes entries only at its "
-                             "own THP's slot, and no op yet moves pages to other addresses (mremap)",
+    "unfreeze.v5_pfn_check": "a migration entry at a subpage's vma_address() in a VMA is that "
+                             "subpage's: inside one VMA page i sits only there (mremap moves "
+                             "vm_pgoff with the pages), and the THPs of one split run one after "
+                             "another where this check runs (NUMBA_DISABLE_JIT)",
     "zap.table_freed": "the table deposited under a huge PMD is all zeros until a split fills it, "
                        "which also makes the PMD non-huge; handing it out again when the slot is "
                        "mapped later is invisible in the state (it only keeps the memory)",

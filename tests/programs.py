@@ -208,7 +208,11 @@ class Programs(RuleBasedStateMachine):
         rng = self.live_vma_range(data, name) if data.draw(st.integers(0, 3)) else None
         self.both("write", name, *(rng or (addr_of(s, off), n * PAGE)))
 
-    @precondition(lambda self: self.alive)
+    #: Whether the programs draw ``mremap``: not where v5 and 4.5 are compared (the seed's freeze walk
+    #: misses pages mremap moved off their PMD alignment, which 4.5's fixed walk finds: by design).
+    draws_mremap = True
+
+    @precondition(lambda self: self.alive and self.draws_mremap)
     @rule(data=st.data(), s=st.integers(0, 19), off=page_off)
     def mremap(self, data, s, off):
         """A range inside one VMA moved to slot ``s`` (mostly above the slots mmap uses, so free;

@@ -229,27 +229,38 @@ class Worker:
         return {}
 
     def _pin_vmsplice(self, addr, length):
-        """vmsplice() the range into a pipe nobody reads: each page is a pipe buffer holding a
-        reference (get_user_pages_fast(), FOLL_GET) until the pipe is released."""
-        r, w = os.pipe()
+        """vmsplice() the range into pipes nobody reads: each page is a pipe buffer holding a
+        reference (get_user_pages_fast(), FOLL_GET) until the pipe is released. A pipe holds at most
+        /proc/sys/fs/pipe-max-size (F_SETPIPE_SZ refuses more: EPERM), so a long range takes
+        several; returns their fds."""
+        import fcntl
         try:
-            pages = length // PAGE
-            size = 1 << max(12, (pages * PAGE - 1).bit_length())  # F_SETPIPE_SZ wants a power of 2
-            import fcntl
-            fcntl.fcntl(w, F_SETPIPE_SZ, size)
-            iov = iovec(addr, length)
-            done = 0
-            while done < length:
-                iov.iov_base, iov.iov_len = addr + done, length - done
-                n = _check(self.lib.vmsplice(w, ctypes.byref(iov), 1, SPLICE_F_NONBLOCK), "vmsplice")
-                if n == 0:
-                    raise SysError("vmsplice: the pipe is full", 11)
-                done += n
+            with open("/proc/sys/fs/pipe-max-size") as f:
+                most = max(PAGE, int(f.read()) // PAGE * PAGE)
+        except (OSError, ValueError):
+            most = 1 << 20
+        fds = []
+        try:
+            for start in range(addr, addr + length, most):
+                chunk = min(most, addr + length - start)
+                r, w = os.pipe()
+                fds += [r, w]
+                size = 1 << max(12, (chunk - 1).bit_length())  # F_SETPIPE_SZ wants a power of 2
+                fcntl.fcntl(w, F_SETPIPE_SZ, min(size, most))
+                iov = iovec(start, chunk)
+                done = 0
+                while done < chunk:
+                    iov.iov_base, iov.iov_len = start + done, chunk - done
+                    n = _check(self.lib.vmsplice(w, ctypes.byref(iov), 1, SPLICE_F_NONBLOCK),
+                               "vmsplice")
+                    if n == 0:
+                        raise SysError("vmsplice: the pipe is full", 11)
+                    done += n
         except BaseException:
-            os.close(r)
-            os.close(w)
+            for fd in fds:
+                os.close(fd)
             raise
-        return r, w
+        return fds
 
     def _pin_io_uring(self, addr, length):
         """IORING_REGISTER_BUFFERS: pin_user_pages(FOLL_WRITE | FOLL_LONGTERM) on the range."""
