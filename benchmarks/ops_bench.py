@@ -10,7 +10,12 @@ The program (each size in its own subprocess, so ``peak_rss_bytes`` is that size
 range to "r"; 4. ``pin`` of the parent's whole range; 5. ``unpin``; 6. ``madvise_dontneed`` of the
 first half of the child's range (its huge PMDs zapped whole); 7. ``munmap`` of the child's other
 half; 8. ``split`` of every THP from the parent; 9. ``exit`` of the child;
-10. ``munmap`` of the parent's now-small pages. With ``--variant 6.18`` also, before the split,
+10. ``munmap`` of the parent's now-small pages; 11. ``mmap`` of N new THPs (``mmap_w``), 12.
+``fork`` → ``child2``, 13. ``write`` of the parent's whole new range (``write_cow``: the variant's
+COW of every THP), 14. ``mremap`` of child2's range to an aligned free range (every huge PMD moved
+whole), 15. again to an address 5 pages off the alignment (every PMD split, its PTEs moved),
+16. ``write`` of child2's whole moved range (``write_after``: PTE-mapped THPs child2 alone maps
+now: copied page by page in v5/4.5, reused in 6.18). With ``--variant 6.18`` also, before the split,
 ``madvise_cold`` of the parent's whole range (exclusive again: every huge PMD made old, no split)
 and ``shrink`` (every THP is on the deferred queue since its fault; none is underused: each leaves
 the queue), and after the last op an ``mmap`` of N more THPs and their ``madvise_pageout``
@@ -55,6 +60,13 @@ BYTES = {
     "shrink": 64 + 64,                            # the content bits counted, the queue flag
     "mmap_2": BLOCK + PMD,
     "madvise_pageout": 5 * 2048 + 3 * TABLE,      # reclaim splits every THP: as the split
+    "mmap_w": BLOCK + PMD,
+    "fork_w": 2 * PMD + PMD + 64,
+    "write_cow": BLOCK + TABLE + 2 * PMD,         # a new THP's records (v5/4.5) or a PMD split's
+                                                  # table and 512 small pages (6.18), the PMD
+    "mremap_aligned": 4 * PMD,                    # each huge PMD read, cleared, written anew
+    "mremap_unaligned": 4 * TABLE + 2 * PMD,      # each PMD split into a table, 512 PTEs moved
+    "write_after": 2 * TABLE + 2 * 4 * N,         # 512 PTEs r/w, the pages' flags (reuse) or more
 }
 
 
@@ -74,6 +86,9 @@ def program(s, n, addr=ADDR):
 
 def program_v5(s, n, addr):
     half = n // 2 * M2
+    addr_w = addr + 3 * (n + 1) * M2      # beyond the 6.18 second mapping
+    addr_m = addr_w + 2 * (n + 1) * M2    # aligned, free
+    addr_u = addr_m + 2 * (n + 1) * M2 + 5 * PAGE  # free, 5 pages off the PMD alignment
     return [
         ("mmap", lambda: s.mmap("parent", addr, n * M2)),
         ("fork", lambda: s.fork("parent", "child")),
@@ -85,6 +100,12 @@ def program_v5(s, n, addr):
         ("split", lambda: s.split("parent", addr, n * M2)),
         ("exit_child", lambda: s.exit("child")),
         ("munmap_parent_small", lambda: s.munmap("parent", addr, n * M2)),
+        ("mmap_w", lambda: s.mmap("parent", addr_w, n * M2)),
+        ("fork_w", lambda: s.fork("parent", "child2")),
+        ("write_cow", lambda: s.write("parent", addr_w, n * M2)),
+        ("mremap_aligned", lambda: s.mremap("child2", addr_w, n * M2, addr_m)),
+        ("mremap_unaligned", lambda: s.mremap("child2", addr_m, n * M2, addr_u)),
+        ("write_after", lambda: s.write("child2", addr_u, n * M2)),
     ]
 
 

@@ -135,11 +135,15 @@ def handle_mm_faults(rows, lo, hi, index, thp, mapping, pmds, tables, blocks, po
                     continue
             pte = tables[pmds[row]["pte_table"]]["pte"]
             e = pte[i]
+            pfn = (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT
             if e & _PAGE_PRESENT and e & _PAGE_RW:  # no fault
                 pte[i] = e | _YOUNG_DIRTY
-            elif e & _PAGE_PRESENT and not e & _PAGE_SPECIAL and pte_wp_can_reuse(
-                    blocks[((e & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // HPAGE_PMD_NR],
-                    ((e & PTE_PFN_MASK) >> PTE_PFN_SHIFT) % HPAGE_PMD_NR):
+                set_page_data(blocks[pfn // HPAGE_PMD_NR], pfn % HPAGE_PMD_NR,
+                              pfn % HPAGE_PMD_NR + 1, True)  # the write's data
+                i += 1
+                continue
+            if e & _PAGE_PRESENT and not e & _PAGE_SPECIAL and pte_wp_can_reuse(
+                    blocks[pfn // HPAGE_PMD_NR], pfn % HPAGE_PMD_NR):
                 pte[i] = e | _REUSE  # do_wp_page() -> wp_page_reuse()
                 costs[C_PTE_WRITE] += 1
             else:  # pte_none(): do_anonymous_page(); else do_wp_page() -> wp_page_copy()
@@ -159,16 +163,14 @@ def handle_mm_faults(rows, lo, hi, index, thp, mapping, pmds, tables, blocks, po
                     costs[C_TLB_FLUSH] += 1  # ptep_clear_flush_notify()
                     costs[C_PTE_WRITE] += 1
                     if not e & _PAGE_SPECIAL:
-                        pfn = (e & PTE_PFN_MASK) >> PTE_PFN_SHIFT
                         old = blocks[pfn // HPAGE_PMD_NR]
                         j = pfn % HPAGE_PMD_NR
                         page_remove_rmap_ptes(old, j, j + 1, mm_id, events)
                         costs[C_PAGES_FREED] += put_page_counted(old, j)
                 cursor[C_RUN], cursor[C_RUN_SEG], cursor[C_RUN_PAGE] = nb, r, i
-            e = pte[i]
-            set_page_data(blocks[((e & PTE_PFN_MASK) >> PTE_PFN_SHIFT) // HPAGE_PMD_NR],
-                          ((e & PTE_PFN_MASK) >> PTE_PFN_SHIFT) % HPAGE_PMD_NR,
-                          ((e & PTE_PFN_MASK) >> PTE_PFN_SHIFT) % HPAGE_PMD_NR + 1, True)
+            pfn = (pte[i] & PTE_PFN_MASK) >> PTE_PFN_SHIFT
+            set_page_data(blocks[pfn // HPAGE_PMD_NR], pfn % HPAGE_PMD_NR, pfn % HPAGE_PMD_NR + 1,
+                          True)  # the write's data
             i += 1
         r += 1
         cursor[C_PAGE] = 0

@@ -258,6 +258,16 @@ PROGRAMS = {
     "mremap_back": ("a moved range moved back where it was: 6.18 merges the VMAs again",
                     [("mmap", "a", B, M2, True), ("mremap", "a", B + 5 * P, 5 * P, B + 2 * M2),
                      ("mremap", "a", B + 2 * M2, 5 * P, B + 5 * P), ("split", "a", B, M2, None)]),
+    "mremap_table_whole": ("an aligned 2 MiB of PTEs: 6.18 moves the table itself (move_normal_pmd()), "
+                           "v5 and 4.5 move its PTEs",
+                           [("mmap", "a", B, 2 * M2, True), ("split_pmd", "a", B),
+                            ("mremap", "a", B, 2 * M2, B + 8 * M2), ("write", "a", B + 8 * M2, P),
+                            ("split", "a", B + 8 * M2, 2 * M2, None)]),
+    "write_partial_slot_none": ("a write where the PMD is none but the VMA covers half the slot: a "
+                                "small page, no THP (thp_vma_suitable_order())",
+                                [("mmap", "a", B, M2, True), ("madvise_dontneed", "a", B, M2),
+                                 ("mremap", "a", B, M2 // 2, B + 4 * M2),
+                                 ("write", "a", B + 4 * M2 + P, P), ("write", "a", B + M2 // 2, P)]),
     "mremap_bad": ("mremap onto a mapping, across VMAs, overlapping itself: bad input",
                    [("mmap", "a", B, M2, True), ("mmap", "a", B + 2 * M2, M2, True),
                     ("mremap", "a", B, P, B + 2 * M2), ("mremap", "a", B, 3 * M2, B + 8 * M2),

@@ -55,10 +55,9 @@ def mremap(state, mm, addr, length, new_addr):
 def extents(old_addr, new_addr, length):
     """``get_extent()`` over the move: each extent ends at the next PMD boundary of either side.
     Returns per extent the old and new address and the length, as arrays."""
-    cuts = {0, length}
-    cuts.update(range((-old_addr) % HPAGE_PMD_SIZE, length, HPAGE_PMD_SIZE))
-    cuts.update(range((-new_addr) % HPAGE_PMD_SIZE, length, HPAGE_PMD_SIZE))
-    at = np.array(sorted(cuts), np.int64)
+    cuts = np.union1d(np.arange((-old_addr) % HPAGE_PMD_SIZE, length, HPAGE_PMD_SIZE, dtype=np.int64),
+                      np.arange((-new_addr) % HPAGE_PMD_SIZE, length, HPAGE_PMD_SIZE, dtype=np.int64))
+    at = np.union1d(cuts, np.array([0, length], np.int64))
     return old_addr + at[:-1], new_addr + at[:-1], np.diff(at)
 
 
