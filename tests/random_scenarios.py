@@ -1,6 +1,7 @@
 """Random 6.18 scenarios of the contract's ops, as a new user might write them: a parent's THP
 mappings (data or zeros), forks, partial and whole unmaps, DONTNEED, mprotect, vmsplice pins,
-MADV_COLD, MADV_PAGEOUT and the shrinker, a snapshot after each few ops; every range inside one
+MADV_COLD, MADV_PAGEOUT, the shrinker, writes (COW after fork, faults into emptied ranges) and
+mremap to a free range above the others (aligned or not), a snapshot after each few ops; every range inside one
 live VMA (or anywhere for munmap), ends biased to 2 MiB edges. No ``split`` op (debugfs is locked
 here: kernel-run would stand in with MADV_COLD). ``scenario(seed)`` returns the TOML document as a
 dict for ``vmstate.io.scenario.parse_scenario``; ``python tests/random_scenarios.py SEED`` prints it
@@ -41,7 +42,8 @@ def scenario(seed: int, steps: int = 12) -> dict:
     for step in range(steps):
         alive = [m for m in vmas if vmas[m]]
         kind = rng.choice(["munmap", "dontneed", "mprotect", "pin", "unpin", "cold", "cold",
-                           "pageout", "pageout", "shrink", "shrink", "fork", "exit", "mmap"])
+                           "pageout", "pageout", "shrink", "shrink", "fork", "exit", "mmap",
+                           "write", "write", "mremap"])
         mm = rng.choice(alive) if alive else None
         if kind == "fork" and mm and children < 2:
             children += 1
@@ -61,6 +63,29 @@ def scenario(seed: int, steps: int = 12) -> dict:
             vmas[mm].append((addr, addr + n))
         elif kind == "shrink":
             ops.append({"op": "shrink"})
+        elif kind in ("write", "mremap") and mm and vmas[mm]:
+            start, end = rng.choice(vmas[mm])
+            addr, length = _range(rng, start, end)
+            # a write needs a writable VMA, a mremap one VMA: no mprotect over the range before
+            if any(o["op"] == "mprotect" and o["addr"] < end and start < o["addr"] + o["len"]
+                   for o in ops):
+                continue
+            if kind == "write":
+                ops.append({"op": "write", "mm": mm, "addr": addr, "len": length})
+                continue
+            top = max(e for _, e in vmas[mm])
+            new = (top + MB2 - 1) // MB2 * MB2 + MB2 + rng.choice([0, 0, PAGE, 5 * PAGE])
+            ops.append({"op": "mremap", "mm": mm, "addr": addr, "len": length, "new_addr": new})
+            left = []
+            for a, b in vmas[mm]:
+                if b <= addr or a >= addr + length:
+                    left.append((a, b))
+                    continue
+                if a < addr:
+                    left.append((a, addr))
+                if addr + length < b:
+                    left.append((addr + length, b))
+            vmas[mm] = left + [(new, new + length)]
         elif kind == "unpin" and pins:
             mm, addr, length = pins.pop(rng.randrange(len(pins)))
             ops.append({"op": "unpin", "mm": mm, "addr": addr, "len": length})
@@ -81,6 +106,9 @@ def scenario(seed: int, steps: int = 12) -> dict:
                 # would fault them in again; vmstate's pin is bad input there)
                 if any(o["op"] == "madvise_dontneed"  # in any process: a child inherits holes
                        and o["addr"] < addr + length and addr < o["addr"] + o["len"] for o in ops):
+                    continue
+                if any(o["op"] == "mremap" for o in ops) and any(  # a hole may have moved there
+                        o["op"] == "madvise_dontneed" for o in ops):
                     continue
                 pins.append((mm, addr, length))
             ops.append(op)
@@ -106,7 +134,7 @@ def to_toml(doc: dict) -> str:
     for op in doc["op"]:
         lines.append("\n[[op]]")
         for k, v in op.items():
-            lines.append(f"{k} = {hex(v) if k == 'addr' else repr(v).replace(chr(39), chr(34))}")
+            lines.append(f"{k} = {hex(v) if k in ('addr', 'new_addr') else repr(v).replace(chr(39), chr(34))}")
     return "\n".join(lines) + "\n"
 
 
