@@ -121,12 +121,14 @@ def test_population_must_be_a_table(tmp_path):
 
 @pytest.mark.parametrize("body, message, field", [
     ('mm = "a"', "field 'op': missing (expected one of mmap, fork, exit, munmap, madvise_dontneed, "
-     "mprotect, pin, unpin, split_pmd, split, snapshot, madvise_cold, madvise_pageout, shrink)", "op"),
+     "mprotect, pin, unpin, split_pmd, split, snapshot, madvise_cold, madvise_pageout, shrink, write, "
+     "mremap)", "op"),
     ('op = "mmapp"', "field 'op': unknown op 'mmapp' (expected one of mmap, fork, exit, munmap, "
-     "madvise_dontneed, mprotect, pin, unpin, split_pmd, split, snapshot, madvise_cold, madvise_pageout, shrink; did you mean 'mmap'?)", "op"),
+     "madvise_dontneed, mprotect, pin, unpin, split_pmd, split, snapshot, madvise_cold, madvise_pageout, "
+     "shrink, write, mremap; did you mean 'mmap'?)", "op"),
     ('op = "madvise"', "field 'op': unknown op 'madvise' (expected one of mmap, fork, exit, munmap, "
      "madvise_dontneed, mprotect, pin, unpin, split_pmd, split, snapshot, madvise_cold, madvise_pageout, "
-     "shrink; did you mean 'madvise_cold'?)", "op"),
+     "shrink, write, mremap; did you mean 'madvise_cold'?)", "op"),
     ('op = 1', "field 'op': expected a string, got 1", "op"),
     ('op = "munmap"\nmm = "a"\naddr = 0x200000\nlength = 4096',
      "field 'length': unknown field for op 'munmap' (expected mm, addr, len)", "length"),
@@ -425,3 +427,34 @@ def test_population_passes_through_and_may_name_processes(tmp_path):
     sc = load_scenario(path)
     assert sc.population == {"thps": 1000, "sharing": [1, 2]}
     assert sc.ops[0].fields == {"mm": "p0", "child": "c"} and sc.ops[0].line == 8
+
+
+MREMAP = 'op = "mremap"\nmm = "a"\naddr = 0x200000\nlen = "2M"\nnew_addr = {new}'
+
+
+def test_mremap_needs_new_addr(tmp_path):
+    check(tmp_path, ops(MMAP_A, 'op = "mremap"\nmm = "a"\naddr = 0x200000\nlen = "2M"'),
+          "op 2 (line 9): field 'new_addr': missing (op 'mremap' needs mm, addr, len, new_addr)",
+          "new_addr")
+
+
+@pytest.mark.parametrize("new, message", [
+    ("0x300000", "expected a new range apart from the old one (mremap answers EINVAL for an "
+                 "overlap), got 0x300000-0x500000 against 0x200000-0x400000"),
+    ("0x7fffffe01000", "expected the new range to end within user space (new_addr + len <= "
+                       "0x800000000000), got 0x800000001000"),
+    ("0x200001", "expected a 4096-aligned user address in (0, 0x800000000000) (the kernel answers "
+                 "EINVAL), got 0x200001"),
+])
+def test_mremap_new_addr(tmp_path, new, message):
+    check(tmp_path, ops(MMAP_A, MREMAP.format(new=new)), f"op 2 (line 9): field 'new_addr': {message}",
+          "new_addr")
+
+
+def test_write_and_mremap_parse(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(ops(MMAP_A, MREMAP.format(new="0x7f0000000000"),
+                        'op = "write"\nmm = "a"\naddr = 0x7f0000000000\nlen = "4K"'))
+    mremap, write = load_scenario(path).ops[1:]
+    assert mremap.fields == {"mm": "a", "addr": 0x200000, "len": 2 << 20, "new_addr": 0x7F0000000000}
+    assert write.fields == {"mm": "a", "addr": 0x7F0000000000, "len": 4096}
