@@ -112,11 +112,8 @@ class ReferenceStateV4_5(ReferenceState, variant="v4.5"):
         page_dup_rmap(page, compound)
         self.atomics["mapcount_writes"] += 1
 
-    def deferred_split_scan(self) -> list[tuple[int, int, int]]:
-        """Mirror of v4.5 `mm/huge_memory.c:deferred_split_scan()` (shrink)."""
-        return self._deferred_split_scan_2015()
-
-    # ---- write faults: the 2015 rules (v5 and v4.5 alike) ----------------------------------------
+    # ---- what v5 and v4.5 do alike: the shrinker, the write faults -------------------------------
+    deferred_split_scan = ReferenceState._deferred_split_scan_2015
     do_huge_pmd_wp_page = ReferenceState._do_huge_pmd_wp_page_2015
     do_wp_page = ReferenceState._do_wp_page_2015
 
