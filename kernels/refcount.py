@@ -98,18 +98,6 @@ def reset_folio_fields(page):
 
 
 @njit(cache=True, inline="always")
-def population_folio_v4(page, pmd_maps, pte_maps, mappers, partial, split):
-    """``population_folio()`` of the variants without large-folio fields (v5, 4.5): the fields at
-    their initial values; the THP is queued (and was counted) when the partial zap left a subpage
-    unmapped, which it does only where the parent is its one mapper."""
-    reset_folio_fields(page)
-    page["compound_mapcount"] = pmd_maps - 1
-    q = 1 if partial and mappers == 1 else 0
-    page["deferred"] = q
-    return q
-
-
-@njit(cache=True, inline="always")
 def put_page_counted(page, i):
     """Mirror of ``put_page()`` on entry ``i`` of block record ``page``: drop one reference; the last
     one frees the page (a THP whole). Returns the frames freed (0, 1 or 512) for the caller's

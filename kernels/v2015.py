@@ -9,8 +9,7 @@ from vmstate.kernels.constants import (
 )
 from vmstate.kernels.constants import PG_head, PG_tail
 from vmstate.kernels.mapcount import page_mapcount
-from vmstate.kernels.refcount import page_remove_rmap_pte
-from vmstate.kernels.refcount import population_folio_v4 as population_folio  # noqa: F401
+from vmstate.kernels.refcount import page_remove_rmap_pte, reset_folio_fields
 
 NEW_ANON_PAGE_FLAGS = 0
 MADV_COLD_PAGEOUT = False  # MADV_COLD and MADV_PAGEOUT came with v5.4
@@ -86,3 +85,15 @@ def deferred_split_should_split(page, events):
 def deferred_split_requeue(page, did_split):
     """``list_splice_tail()`` puts back every THP the split left on the list (v5 26/28, 4.5)."""
     return True
+
+
+@njit(cache=True, inline="always")
+def population_folio(page, pmd_maps, pte_maps, mappers, partial, split):
+    """``population_folio()`` of the variants without large-folio fields: the fields at their
+    initial values; the THP is queued (and was counted) when the partial zap left a subpage
+    unmapped, which it does only where the parent is its one mapper."""
+    reset_folio_fields(page)
+    page["compound_mapcount"] = pmd_maps - 1
+    q = 1 if partial and mappers == 1 else 0
+    page["deferred"] = q
+    return q
