@@ -17,8 +17,9 @@ SCENARIOS = REPO / "datasets" / "scenarios"
 _WHY = prerequisites()
 needs_kernel = pytest.mark.skipif(_WHY is not None, reason=f"needs the running kernel's THP: {_WHY}")
 
-# A process that maps `thps` 2 MiB-aligned THPs (MADV_HUGEPAGE, every page written), prints their
-# address and waits for stdin to close. Standard library only.
+# A process that maps `thps` 2 MiB-aligned THPs (MADV_HUGEPAGE, every page written), runs the
+# caller's Python lines on them (`then`), prints their address and waits for stdin to close.
+# Standard library only.
 _CHILD = r"""
 import ctypes, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -33,16 +34,19 @@ if libc.madvise(a, L, 14):
     sys.exit("madvise(MADV_HUGEPAGE) failed")
 view = memoryview((ctypes.c_char * L).from_address(a)).cast("B")
 view[::4096] = b"\x5a" * (L // 4096)
+if len(sys.argv) > 2:  # the caller's next steps on the mapping (libc, a, L in scope)
+    exec(sys.argv[2])
 print(hex(a), flush=True)
 sys.stdin.read()
 """
 
 
 @contextlib.contextmanager
-def live_thp_process(thps=4):
-    """``(pid, address)`` of a running process that maps ``thps`` PMD-mapped THPs."""
-    p = subprocess.Popen([sys.executable, "-S", "-c", _CHILD, str(thps)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+def live_thp_process(thps=4, then=None):
+    """``(pid, address)`` of a running process that maps ``thps`` PMD-mapped THPs; ``then``: Python
+    lines it runs on them first (``libc``, the address ``a`` and the length ``L`` in scope)."""
+    p = subprocess.Popen([sys.executable, "-S", "-c", _CHILD, str(thps)] + ([then] if then else []),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         addr = int(p.stdout.readline(), 16)
         yield p.pid, addr

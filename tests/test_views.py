@@ -1,17 +1,15 @@
 """``vmstate show`` (thpmaps, page-types, vmstat views) and ``vmstate plot --map`` on simulated and
 captured directories; the live test compares a capture's views with smaps (and with the real
 ``thpmaps``/``page-types`` when ``VMSTATE_THPMAPS``/``VMSTATE_PAGE_TYPES`` name them)."""
-import contextlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
 
-from bridge_helpers import needs_kernel
+from bridge_helpers import live_thp_process, needs_kernel
 from vmstate.batch.plot import plot_map
 from vmstate.batch.runner import run_scenario
 from vmstate.bridge.capture import Target, capture, write_capture
@@ -118,34 +116,17 @@ def test_pinned_slot(tmp_path):
 
 # ---- the running kernel ------------------------------------------------------------------------
 
-_CHILD = r"""
-import ctypes, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_long]
-libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-L, M = 8 << 20, 1 << 20
-base = libc.mmap(None, L + (2 << 20), 3, 0x22, -1, 0)
-a = (base + (2 << 20) - 1) & ~((2 << 20) - 1)
-assert libc.madvise(a, L, 14) == 0                      # MADV_HUGEPAGE
-ctypes.memset(a, 1, L)
-assert libc.madvise(a + 2 * M + M // 2, M, 4) == 0      # MADV_DONTNEED: a PTE-mapped partial THP
-assert libc.madvise(a, L, 15) == 0                      # MADV_NOHUGEPAGE: khugepaged keeps off
-print(hex(a), flush=True)
-sys.stdin.read()
+# After the THPs are written: MADV_DONTNEED 1 MiB inside the second (a PTE-mapped partial THP),
+# then MADV_NOHUGEPAGE so that khugepaged leaves it alone while the tools look.
+_PARTIAL = """
+M = 1 << 20
+assert libc.madvise(a + 2 * M + M // 2, M, 4) == 0
+assert libc.madvise(a, L, 15) == 0
 """
 
 
-@contextlib.contextmanager
 def _partial_thp_process():
-    p = subprocess.Popen([sys.executable, "-S", "-c", _CHILD], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-    try:
-        yield p.pid, int(p.stdout.readline(), 16)
-    finally:
-        p.stdin.close()
-        p.wait(30)
+    return live_thp_process(4, then=_PARTIAL)
 
 
 def _counters(text):
