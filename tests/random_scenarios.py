@@ -29,6 +29,17 @@ def _range(rng, start, end):
     return start + a * PAGE, (b - a) * PAGE
 
 
+def _cut(ranges, addr, length):
+    """``ranges`` less ``[addr, addr + length)``."""
+    left = []
+    for a, b in ranges:
+        if a < addr:
+            left.append((a, min(b, addr)))
+        if b > addr + length:
+            left.append((max(a, addr + length), b))
+    return left
+
+
 def scenario(seed: int, steps: int = 12) -> dict:
     rng = random.Random(seed)
     ops = []
@@ -76,16 +87,7 @@ def scenario(seed: int, steps: int = 12) -> dict:
             top = max(e for _, e in vmas[mm])
             new = (top + MB2 - 1) // MB2 * MB2 + MB2 + rng.choice([0, 0, PAGE, 5 * PAGE])
             ops.append({"op": "mremap", "mm": mm, "addr": addr, "len": length, "new_addr": new})
-            left = []
-            for a, b in vmas[mm]:
-                if b <= addr or a >= addr + length:
-                    left.append((a, b))
-                    continue
-                if a < addr:
-                    left.append((a, addr))
-                if addr + length < b:
-                    left.append((addr + length, b))
-            vmas[mm] = left + [(new, new + length)]
+            vmas[mm] = _cut(vmas[mm], addr, length) + [(new, new + length)]
         elif kind == "unpin" and pins:
             mm, addr, length = pins.pop(rng.randrange(len(pins)))
             ops.append({"op": "unpin", "mm": mm, "addr": addr, "len": length})
@@ -113,16 +115,7 @@ def scenario(seed: int, steps: int = 12) -> dict:
                 pins.append((mm, addr, length))
             ops.append(op)
             if kind == "munmap":
-                left = []
-                for a, b in vmas[mm]:
-                    if b <= addr or a >= addr + length:
-                        left.append((a, b))
-                        continue
-                    if a < addr:
-                        left.append((a, addr))
-                    if addr + length < b:
-                        left.append((addr + length, b))
-                vmas[mm] = left  # pins survive munmap
+                vmas[mm] = _cut(vmas[mm], addr, length)  # pins survive munmap
         if step % 4 == 3:
             ops.append({"op": "snapshot", "label": f"s{step}"})
     ops.append({"op": "snapshot", "label": "end"})
