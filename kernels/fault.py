@@ -55,6 +55,17 @@ def init_block(page, mapping, index, start, end):
     page["alloc_end"] = end
 
 
+@njit(cache=True, inline="always")
+def _take_block(blocks, pool, cursor, mapping, index, start, end):
+    """The pool's next block, initialised with frames ``[start, end)``; -1 when the pool is dry."""
+    if cursor[C_USED] == pool[1]:
+        return -1
+    b = pool[0] + cursor[C_USED]
+    cursor[C_USED] += 1
+    init_block(blocks[b], mapping, index, start, end)
+    return b
+
+
 @per_variant(inline="always")
 def _new_small_page(page, b, j):
     """``do_anonymous_page()`` / ``wp_page_copy()``'s new page ``j`` of block ``b``: the fault's
@@ -101,12 +112,10 @@ def handle_mm_faults(rows, lo, hi, index, thp, mapping, pmds, tables, blocks, po
         while i < hi[r]:
             entry = pmds[row]["pmd"]
             if entry == 0:  # pmd_none() in a slot the VMA allows a THP: create_huge_pmd()
-                if cursor[C_USED] == pool[1]:
+                b = _take_block(blocks, pool, cursor, mapping[r], index[r], 0, HPAGE_PMD_NR)
+                if b < 0:
                     cursor[C_SEG], cursor[C_PAGE] = r, i
                     return 0
-                b = pool[0] + cursor[C_USED]
-                cursor[C_USED] += 1
-                init_block(blocks[b], mapping[r], index[r], 0, HPAGE_PMD_NR)
                 fault_thp(blocks[b], mm_id)  # zero-filled: clear_huge_page()
                 count_thp_faults(events, 1)
                 pmds[row]["pmd"] = ((b * HPAGE_PMD_NR) << PTE_PFN_SHIFT) | FAULT_ENTRY | _PAGE_PSE
@@ -119,12 +128,10 @@ def handle_mm_faults(rows, lo, hi, index, thp, mapping, pmds, tables, blocks, po
                     pmds[row]["pmd"] = entry | _REUSE  # do_huge_pmd_wp_page(): reuse
                     costs[C_PTE_WRITE] += 1
                 elif HUGE_PMD_WP_COPIES_THP:
-                    if cursor[C_USED] == pool[1]:
+                    nb = _take_block(blocks, pool, cursor, mapping[r], index[r], 0, HPAGE_PMD_NR)
+                    if nb < 0:
                         cursor[C_SEG], cursor[C_PAGE] = r, i
                         return 0
-                    nb = pool[0] + cursor[C_USED]
-                    cursor[C_USED] += 1
-                    init_block(blocks[nb], mapping[r], index[r], 0, HPAGE_PMD_NR)
                     _huge_pmd_copy(pmds, row, blocks, nb, costs, events)
                 else:  # __split_huge_pmd() and VM_FAULT_FALLBACK: the PTE fault below
                     split_huge_pmd(pmds, tables, row, blocks, costs, events)
@@ -151,12 +158,10 @@ def handle_mm_faults(rows, lo, hi, index, thp, mapping, pmds, tables, blocks, po
                     nb = cursor[C_RUN]  # the previous page of this segment took a new frame too
                     blocks[nb]["alloc_end"] = i + 1
                 else:
-                    if cursor[C_USED] == pool[1]:
+                    nb = _take_block(blocks, pool, cursor, mapping[r], index[r], i, i + 1)
+                    if nb < 0:
                         cursor[C_SEG], cursor[C_PAGE] = r, i
                         return 0
-                    nb = pool[0] + cursor[C_USED]
-                    cursor[C_USED] += 1
-                    init_block(blocks[nb], mapping[r], index[r], i, i + 1)
                 pte[i] = _new_small_page(blocks[nb], nb, i)
                 if e & _PAGE_PRESENT:  # the copied entry's page: its rmap and reference go
                     costs[C_MMU_NOTIFIER] += 1

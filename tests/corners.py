@@ -268,6 +268,11 @@ PROGRAMS = {
                                 [("mmap", "a", B, M2, True), ("madvise_dontneed", "a", B, M2),
                                  ("mremap", "a", B, M2 // 2, B + 4 * M2),
                                  ("write", "a", B + 4 * M2 + P, P), ("write", "a", B + M2 // 2, P)]),
+    "write_many_runs": ("a write whose copies alternate with reuses: one block per run, more blocks "
+                        "than the engine's first pool holds (it grows and resumes)",
+                        [("mmap", "a", B, M2, False), ("fork", "a", "b")]
+                        + [("write", "a", B + i * P, P) for i in range(1, 80, 2)]
+                        + [("write", "b", B, M2), ("write", "a", B, M2)]),
     "mremap_bad": ("mremap onto a mapping, across VMAs, overlapping itself: bad input",
                    [("mmap", "a", B, M2, True), ("mmap", "a", B + 2 * M2, M2, True),
                     ("mremap", "a", B, P, B + 2 * M2), ("mremap", "a", B, 3 * M2, B + 8 * M2),
