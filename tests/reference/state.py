@@ -612,6 +612,36 @@ class ReferenceState:
     #: sides and the new PMD is none (`move_normal_pmd()`, CONFIG_HAVE_MOVE_PMD, Linux 4.20+: 6.18).
     MOVE_NORMAL_PMD = False
 
+    def _move_extent(self, vma: VmAreaStruct, old_addr: int, new_addr: int, extent: int) -> bool:
+        """One extent of `move_page_tables()`; whether an entry moved."""
+        mm = vma.vm_mm
+        old_h, new_h = old_addr & HPAGE_PMD_MASK, new_addr & HPAGE_PMD_MASK
+        old_pmd = mm.pmd.get(old_h)
+        if old_pmd is None:  # get_old_pmd(): NULL for pmd_none()
+            return False
+        whole = extent == HPAGE_PMD_SIZE and mm.pmd.get(new_h) is None
+        if pmd_trans_huge(old_pmd) and not whole:
+            self.split_huge_pmd(vma, old_addr)
+            old_pmd = mm.pmd[old_h]
+        elif whole and (pmd_trans_huge(old_pmd) or self.MOVE_NORMAL_PMD):
+            # move_huge_pmd() (the deposited table moves with it) / move_normal_pmd() (the table)
+            entry = mm.pmd.pop(old_h)
+            mm.pmd[new_h] = entry if pmd_trans_huge(entry) else {
+                a - old_h + new_h: e for a, e in entry.items()}
+            self.costs["pmd_lock"] += 1
+            self.costs["pte_write"] += 1
+            return True
+        new_table = mm.pmd.setdefault(new_h, {})  # pte_alloc()
+        assert isinstance(new_table, dict)
+        self.costs["pte_lock"] += 1
+        moved = False
+        for off in range(0, extent, PAGE_SIZE):  # move_ptes()
+            if old_addr + off in old_pmd:
+                new_table[new_addr + off] = old_pmd.pop(old_addr + off)
+                self.costs["pte_write"] += 1
+                moved = True
+        return moved
+
     def move_page_tables(self, vma: VmAreaStruct, old_addr: int, new_vma: VmAreaStruct,
                          new_addr: int, length: int) -> None:
         """Mirror of `mm/mremap.c:move_page_tables()`: per extent (to the next PMD boundary of either
@@ -620,45 +650,13 @@ class ReferenceState:
         no rmap change, the entry as it was: no soft-dirty, CONFIG_MEM_SOFT_DIRTY is off) into the
         new table (`pte_alloc()` even when nothing moves). One mmu-notifier range; one TLB flush
         when anything moved."""
-        mm = vma.vm_mm
         old_end = old_addr + length
         self.costs["mmu_notifier"] += 1
         moved = False
         while old_addr < old_end:
             extent = min(pmd_addr_end(old_addr, old_end) - old_addr,
                          ((new_addr + HPAGE_PMD_SIZE) & HPAGE_PMD_MASK) - new_addr)
-            old_h, new_h = old_addr & HPAGE_PMD_MASK, new_addr & HPAGE_PMD_MASK
-            old_pmd = mm.pmd.get(old_h)
-            if old_pmd is not None:  # get_old_pmd(): NULL for pmd_none()
-                if pmd_trans_huge(old_pmd):
-                    if extent == HPAGE_PMD_SIZE and mm.pmd.get(new_h) is None:
-                        mm.pmd[new_h] = mm.pmd.pop(old_h)  # move_huge_pmd(): deposit moves with it
-                        self.costs["pmd_lock"] += 1
-                        self.costs["pte_write"] += 1
-                        moved = True
-                        old_addr += extent
-                        new_addr += extent
-                        continue
-                    self.split_huge_pmd(vma, old_addr)
-                    old_pmd = mm.pmd[old_h]
-                elif (self.MOVE_NORMAL_PMD and extent == HPAGE_PMD_SIZE
-                      and mm.pmd.get(new_h) is None):
-                    table = mm.pmd.pop(old_h)  # move_normal_pmd(): the table itself moves
-                    mm.pmd[new_h] = {a - old_h + new_h: e for a, e in table.items()}
-                    self.costs["pmd_lock"] += 1
-                    self.costs["pte_write"] += 1
-                    moved = True
-                    old_addr += extent
-                    new_addr += extent
-                    continue
-                new_table = mm.pmd.setdefault(new_h, {})  # pte_alloc()
-                assert isinstance(new_table, dict)
-                self.costs["pte_lock"] += 1
-                for off in range(0, extent, PAGE_SIZE):  # move_ptes()
-                    if old_addr + off in old_pmd:
-                        new_table[new_addr + off] = old_pmd.pop(old_addr + off)
-                        self.costs["pte_write"] += 1
-                        moved = True
+            moved |= self._move_extent(vma, old_addr, new_addr, extent)
             old_addr += extent
             new_addr += extent
         if moved:
