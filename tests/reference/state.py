@@ -22,7 +22,7 @@ from vmstate.errors import BadInput
 from .mm import USER_TOP, AnonVma, MmStruct, VmAreaStruct
 from .page import (
     Page, PageCompound, PageDoubleMap, PageHead, PageLocked, PageTransCompound, compound_head,
-    compound_mapcount, is_cow_mapping, page_count, page_dup_rmap, pmd_addr_end, pmd_trans_huge,
+    compound_mapcount, is_cow_mapping, page_count, pmd_addr_end, pmd_trans_huge,
     pte_mkold,
     pte_pfn, pte_present, pte_wrprotect,
 )
