@@ -5,12 +5,14 @@ PTE writes, TLB flushes, atomics and engine µs per write fault.
 Usage::
 
     python benchmarks/cow_bench.py [--ref-thps 8] [--thps 20000] [--children 4] [--json]
-                                   [--plot docs/img/cow.png] [--quick]
+                                   [--plot docs/img/cow.png] [--quick] [--load RUN.json]
 
 The workload, as a forking server or a ``fork()`` + write checkpointer makes it: a parent mmaps N
 THPs (PMD-mapped, written), forks K children; then (phase ``children``) each child writes the first
 ``pages`` pages of every THP (one ``write`` op per THP, in address order), for ``pages`` in 1, 64,
 256, 512 (w = 1/512, 1/8, 1/2, all); then (phase ``parent``) the parent writes the same pages.
+Case ``all/op`` is w = all with one write op per process over the whole range: the same writes in
+the same order, without the per-op cost of K × N ops.
 
 - v5 / v4.5 (2015–5.7): a write fault on a write-protected huge PMD reuses the THP when
   ``page_mapcount() == 1 && page_count() == 1``, else allocates a THP and copies 512 pages
@@ -27,7 +29,8 @@ wrapping it); ``pages copied`` are the frames allocated (frames in use after −
 equal the reference's after each phase, and on ``--thps`` THPs, where it is timed (each op's first
 call on a 2-THP program first, so compiling is not timed) and its own counters per THP must equal
 the reference's; any difference is printed as a MISMATCH line. ``no-fault µs/THP``: the same write
-ops again right after the children phase, when nothing faults (the op's walk and Python overhead).
+ops again right after the children phase, when nothing faults (the op's walk and Python overhead);
+``net µs/fault`` = (the children's µs − that) / their faults, both measured in the same run.
 Per THP = the phase's total / N (the children phase is K children's writes). Each variant runs in
 its own subprocess, so its peak RSS (VmHWM) is its own.
 """
@@ -49,6 +52,9 @@ M2 = 2 << 20
 PAGE = 4096
 VARIANTS = ("v5", "v4.5", "6.18")
 PAGES = (1, 64, 256, 512)  # pages written per THP: w = 1/512, 1/8, 1/2, all
+#: (pages per THP, bulk): one write op per THP, and w = all as one op per process over the whole range
+#: (the same writes in the same order, without the per-op cost of 4 × N ops)
+CASES = tuple((p, False) for p in PAGES) + ((512, True),)
 PHASES = ("children", "parent")
 COUNTS = ("write_faults", "pages_copied", "thp_fault_alloc", "thp_split_pmd", "pte_write",
           "tlb_flush", "mapcount_writes", "refcount_ops", "pages_in_use")
@@ -62,9 +68,12 @@ def setup(s, n, k):
         s.fork("p", f"c{i}")
 
 
-def phase_ops(phase, n, k, pages):
+def phase_ops(phase, n, k, pages, bulk=False):
     """The write ops of one phase, as (mm, addr, len)."""
     mms = [f"c{i}" for i in range(k)] if phase == "children" else ["p"]
+    if bulk:
+        assert pages == 512
+        return [(mm, A, n * M2) for mm in mms]
     return [(mm, A + j * M2, pages * PAGE) for mm in mms for j in range(n)]
 
 
@@ -110,7 +119,7 @@ def count_faults(ref):
     return counter
 
 
-def run_reference(variant, n, k, pages):
+def run_reference(variant, n, k, pages, bulk=False):
     """Per phase: the reference's counts (totals over ``n`` THPs), and whether the engine on the
     same program has the same ``dump()``."""
     from reference import ReferenceState
@@ -123,7 +132,7 @@ def run_reference(variant, n, k, pages):
     out = {}
     for phase in PHASES:
         rb, eb, f0 = snapshot(ref=ref), snapshot(engine=eng), faults[0]
-        for op in phase_ops(phase, n, k, pages):
+        for op in phase_ops(phase, n, k, pages, bulk):
             ref.write(*op)
             eng.write(*op)
         out[phase] = {"ref": delta(rb, snapshot(ref=ref), faults[0] - f0),
@@ -132,7 +141,7 @@ def run_reference(variant, n, k, pages):
     return out
 
 
-def run_engine(variant, n, k, pages):
+def run_engine(variant, n, k, pages, bulk=False):
     """Per phase: the engine's counters (totals over ``n`` THPs) and seconds; and the seconds of the
     children's ops run again when nothing faults."""
     from vmstate import MemoryState
@@ -140,7 +149,7 @@ def run_engine(variant, n, k, pages):
     setup(s, n, k)
     out = {}
     for phase in PHASES:
-        ops = phase_ops(phase, n, k, pages)
+        ops = phase_ops(phase, n, k, pages, bulk)
         before = snapshot(engine=s)
         t = time.perf_counter()
         for op in ops:
@@ -160,37 +169,37 @@ def run_engine(variant, n, k, pages):
 
 def run_variant(variant, ref_thps, thps, k):
     """One variant, all fractions: the rows (per THP and per fault) and the mismatches."""
-    for pages in (1, 512):  # compile outside the timing
-        run_engine(variant, 2, 1, pages)
+    for pages, bulk in ((1, False), (512, True)):  # compile outside the timing
+        run_engine(variant, 2, 1, pages, bulk)
     reset_peak_rss()
     rows, mismatches = [], []
-    for pages in PAGES:
-        ref = run_reference(variant, ref_thps, k, pages)
+    for pages, bulk in CASES:
+        ref = run_reference(variant, ref_thps, k, pages, bulk)
         t = time.perf_counter()
-        eng = run_engine(variant, thps, k, pages)
+        eng = run_engine(variant, thps, k, pages, bulk)
         wall = time.perf_counter() - t
         if eng["nofault_changed"]:
-            mismatches.append(f"{variant} pages={pages}: the no-fault rewrite changed "
+            mismatches.append(f"{variant} w={label(pages, bulk)}: the no-fault rewrite changed "
                               f"{eng['nofault_changed']}")
         for phase in PHASES:
             r, e = ref[phase]["ref"], eng[phase]["engine"]
             if ref[phase]["dump_diff"]:
-                mismatches.append(f"{variant} pages={pages} {phase}: engine dump != reference dump "
+                mismatches.append(f"{variant} w={label(pages, bulk)} {phase}: engine dump != reference dump "
                                   f"at {ref_thps} THPs: {ref[phase]['dump_diff']}")
             for c in ENGINE_COUNTS:
                 small = ref[phase]["engine_small"][c]
                 if small != r[c]:
-                    mismatches.append(f"{variant} pages={pages} {phase} {c}: engine {small} != "
+                    mismatches.append(f"{variant} w={label(pages, bulk)} {phase} {c}: engine {small} != "
                                       f"reference {r[c]} at {ref_thps} THPs")
                 if e[c] * ref_thps != r[c] * thps:
-                    mismatches.append(f"{variant} pages={pages} {phase} {c}: engine {e[c] / thps} "
+                    mismatches.append(f"{variant} w={label(pages, bulk)} {phase} {c}: engine {e[c] / thps} "
                                       f"per THP at {thps} THPs != reference {r[c] / ref_thps}")
             faults = r["write_faults"]
             per_thp = {c: r[c] / ref_thps for c in COUNTS}
             per_fault = {c: (r[c] / faults if faults else None) for c in COUNTS if c != "pages_in_use"}
             faults_large = faults * thps // ref_thps  # the same program per THP at thps THPs
             rows.append({
-                "variant": variant, "pages": pages, "phase": phase, "per_thp": per_thp,
+                "variant": variant, "pages": pages, "bulk": bulk, "phase": phase, "per_thp": per_thp,
                 "per_fault": per_fault,
                 "atomics_per_fault": ((r["mapcount_writes"] + r["refcount_ops"]) / faults
                                       if faults else None),
@@ -200,35 +209,43 @@ def run_variant(variant, ref_thps, thps, k):
                 "engine_us_per_fault": (eng[phase]["s"] / faults_large * 1e6 if faults else None),
                 "nofault_us_per_thp": (eng["nofault_s"] / thps * 1e6 if phase == "children"
                                        else None),
+                # the write ops' µs beyond the same ops when nothing faults, per fault
+                "net_us_per_fault": ((eng[phase]["s"] - eng["nofault_s"]) / faults_large * 1e6
+                                     if phase == "children" and faults else None),
                 "engine_wall_s": round(wall, 2)})
     return {"variant": variant, "rows": rows, "mismatches": mismatches,
             "peak_rss_bytes": peak_rss_bytes()}
 
 
+def label(pages, bulk=False):
+    return "all/op" if bulk else {1: "1pg", 64: "1/8", 256: "1/2", 512: "all"}.get(pages, str(pages))
+
+
 def fmt(x, spec):
-    return "-" if x is None else format(x, spec)
+    return format("-", ">" + spec.split(".")[0]) if x is None else format(x, spec)
 
 
 def print_table(out):
     print(f"stream copy {out['stream_bandwidth_GBps']} GB/s, {out['cores']} cores, "
           f"reference {out['ref_thps']} THPs, engine {out['thps']} THPs, {out['children']} children")
-    print(f"{'variant':7s} {'w':>5s} {'phase':8s} {'faults':>7s} {'copied':>7s} {'copiedKiB':>9s} "
+    print(f"{'variant':7s} {'w':>6s} {'phase':8s} {'faults':>7s} {'copied':>7s} {'copiedKiB':>9s} "
           f"{'thp_flt':>7s} {'splits':>6s} {'pte_w':>7s} {'tlb':>6s} {'atomics':>8s} "
-          f"{'MiB/THP':>7s} {'us/flt':>7s} {'us/THP':>8s} {'nofault':>7s}")
-    print(f"{'':7s} {'':>5s} {'':8s} {'/THP':>7s} {'pg/THP':>7s} {'/fault':>9s} "
+          f"{'MiB/THP':>7s} {'us/flt':>7s} {'us/THP':>8s} {'nofault':>7s} {'net us':>7s}")
+    print(f"{'':7s} {'':>6s} {'':8s} {'/THP':>7s} {'pg/THP':>7s} {'/fault':>9s} "
           f"{'/THP':>7s} {'/THP':>6s} {'/fault':>7s} {'/fault':>6s} {'/fault':>8s} "
-          f"{'after':>7s} {'engine':>7s} {'engine':>8s} {'us/THP':>7s}")
+          f"{'after':>7s} {'engine':>7s} {'engine':>8s} {'us/THP':>7s} {'/fault':>7s}")
     for v in out["variants"]:
         for r in v["rows"]:
             t, f = r["per_thp"], r["per_fault"]
-            w = {1: "1pg", 64: "1/8", 256: "1/2", 512: "all"}.get(r["pages"], str(r["pages"]))
+            w = label(r["pages"], r["bulk"])
             kib = None if f["pages_copied"] is None else f["pages_copied"] * PAGE / 1024
-            print(f"{r['variant']:7s} {w:>5s} {r['phase']:8s} {t['write_faults']:7.1f} "
+            print(f"{r['variant']:7s} {w:>6s} {r['phase']:8s} {t['write_faults']:7.1f} "
                   f"{t['pages_copied']:7.1f} {fmt(kib, '9.1f')} {t['thp_fault_alloc']:7.2f} "
                   f"{t['thp_split_pmd']:6.2f} {fmt(f['pte_write'], '7.2f')} "
                   f"{fmt(f['tlb_flush'], '6.2f')} {fmt(r['atomics_per_fault'], '8.1f')} "
                   f"{r['mib_per_thp_after']:7.3f} {fmt(r['engine_us_per_fault'], '7.3f')} "
-                  f"{r['engine_us_per_thp']:8.2f} {fmt(r['nofault_us_per_thp'], '7.2f')}")
+                  f"{r['engine_us_per_thp']:8.2f} {fmt(r['nofault_us_per_thp'], '7.2f')} "
+                  f"{fmt(r['net_us_per_fault'], '7.3f')}")
         print(f"{v['variant']}: peak RSS {v['peak_rss_bytes'] / 2**30:.2f} GiB")
     for v in out["variants"]:
         for m in v["mismatches"]:
@@ -276,12 +293,19 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="2 THPs for both, 2 children, in-process")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", type=Path, help="write a PNG chart here")
+    ap.add_argument("--load", type=Path, help="print (and --plot) the --json output of an earlier run")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.ref_thps, args.thps, args.children = 2, 2, 2
     if args.one:
         print(json.dumps(run_variant(args.one, args.ref_thps, args.thps, args.children)))
+        return 0
+    if args.load:
+        out = json.loads(args.load.read_text())
+        print_table(out)
+        if args.plot:
+            plot(out, args.plot)
         return 0
     out = {**machine(), "stream_bandwidth_GBps": round(stream_bandwidth() / 1e9, 2),
            "ref_thps": args.ref_thps, "thps": args.thps, "children": args.children,
