@@ -51,6 +51,7 @@ A = 0x100000000000
 M2 = 2 << 20
 PAGE = 4096
 VARIANTS = ("v5", "v4.5", "6.18")
+N_PAGES = 512
 PAGES = (1, 64, 256, 512)  # pages written per THP: w = 1/512, 1/8, 1/2, all
 #: (pages per THP, bulk): one write op per THP, and w = all as one op per process over the whole range
 #: (the same writes in the same order, without the per-op cost of 4 × N ops)
@@ -151,11 +152,13 @@ def run_engine(variant, n, k, pages, bulk=False):
     for phase in PHASES:
         ops = phase_ops(phase, n, k, pages, bulk)
         before = snapshot(engine=s)
+        reset_peak_rss()
         t = time.perf_counter()
         for op in ops:
             s.write(*op)
         secs = time.perf_counter() - t
-        out[phase] = {"engine": delta(before, snapshot(engine=s)), "s": secs}
+        out[phase] = {"engine": delta(before, snapshot(engine=s)), "s": secs,
+                      "timed_peak_rss_bytes": peak_rss_bytes()}
         if phase == "children":
             before = snapshot(engine=s)
             t = time.perf_counter()
@@ -167,12 +170,25 @@ def run_engine(variant, n, k, pages, bulk=False):
     return out
 
 
+def prefault(thps, k):
+    """Touch, once, about what a case will need: on this VM the first touch of guest memory the
+    host has not backed costs 1.3-2.3 s/GB, which a second touch does not (split_bench.py)."""
+    import numpy as np
+
+    from vmstate.engine.state import available_memory
+    need = thps * (k + 1) * (6264 + 32 + 4096) * 3 // 2 + thps * (k + 1) * N_PAGES * 8 * 4
+    buf = np.empty(min(need, int(available_memory() * 0.5)), np.uint8)
+    buf.fill(1)
+    del buf
+
+
 def run_variant(variant, ref_thps, thps, k):
     """One variant, all fractions: the rows (per THP and per fault) and the mismatches."""
     for pages, bulk in ((1, False), (512, True)):  # compile outside the timing
         run_engine(variant, 2, 1, pages, bulk)
+    prefault(thps, k)
     reset_peak_rss()
-    rows, mismatches = [], []
+    rows, mismatches, timed_peak = [], [], 0
     for pages, bulk in CASES:
         ref = run_reference(variant, ref_thps, k, pages, bulk)
         t = time.perf_counter()
@@ -183,6 +199,7 @@ def run_variant(variant, ref_thps, thps, k):
                               f"{eng['nofault_changed']}")
         for phase in PHASES:
             r, e = ref[phase]["ref"], eng[phase]["engine"]
+            timed_peak = max(timed_peak, eng[phase]["timed_peak_rss_bytes"])
             if ref[phase]["dump_diff"]:
                 mismatches.append(f"{variant} w={label(pages, bulk)} {phase}: engine dump != reference dump "
                                   f"at {ref_thps} THPs: {ref[phase]['dump_diff']}")
@@ -214,7 +231,7 @@ def run_variant(variant, ref_thps, thps, k):
                                      if phase == "children" and faults else None),
                 "engine_wall_s": round(wall, 2)})
     return {"variant": variant, "rows": rows, "mismatches": mismatches,
-            "peak_rss_bytes": peak_rss_bytes()}
+            "peak_rss_bytes": max(peak_rss_bytes(), timed_peak), "timed_peak_rss_bytes": timed_peak}
 
 
 def label(pages, bulk=False):
@@ -246,39 +263,51 @@ def print_table(out):
                   f"{r['mib_per_thp_after']:7.3f} {fmt(r['engine_us_per_fault'], '7.3f')} "
                   f"{r['engine_us_per_thp']:8.2f} {fmt(r['nofault_us_per_thp'], '7.2f')} "
                   f"{fmt(r['net_us_per_fault'], '7.3f')}")
-        print(f"{v['variant']}: peak RSS {v['peak_rss_bytes'] / 2**30:.2f} GiB")
+        print(f"{v['variant']}: peak RSS {v['peak_rss_bytes'] / 2**30:.2f} GiB (VmHWM after the "
+              f"prefault, snapshot_summary()'s arrays included)")
     for v in out["variants"]:
         for m in v["mismatches"]:
             print("MISMATCH", m)
 
 
 def plot(out, path):
+    """2 x 2 panels over the pages each child writes per THP, children phase, one line per variant;
+    the all/op case (one op per process) as a hollow marker at 512."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    style = {"v5": ("o", "-"), "v4.5": ("s", "--"), "6.18": ("^", "-")}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    style = {"v5": ("o", "-", 9), "v4.5": ("s", "--", 6), "6.18": ("^", "-", 7)}
+    panels = (
+        (lambda r: r["per_thp"]["pages_copied"] * PAGE / 2**20,
+         f"frames copied per THP ({out['children']} children), MiB"),
+        (lambda r: r["per_thp"]["write_faults"], "write faults per THP"),
+        (lambda r: r["per_thp"]["mapcount_writes"] + r["per_thp"]["refcount_ops"],
+         "atomics per THP (mapcount + refcount, reference)"),
+        (lambda r: r["engine_us_per_fault"],
+         f"engine µs per write fault ({out['thps']} THPs; hollow: one op per process)"),
+    )
     for v in out["variants"]:
-        rows = [r for r in v["rows"] if r["phase"] == "children"]
-        x = [r["pages"] for r in rows]
-        marker, ls = style.get(v["variant"], ("x", "-"))
-        kw = dict(marker=marker, linestyle=ls, label=v["variant"])
-        axes[0].plot(x, [r["per_thp"]["pages_copied"] * PAGE / 2**20 for r in rows], **kw)
-        axes[1].plot(x, [r["engine_us_per_fault"] for r in rows], **kw)
-        axes[2].plot(x, [r["atomics_per_fault"] for r in rows], **kw)
-    titles = (f"frames copied per THP ({out['children']} children), MiB",
-              f"engine µs per write fault ({out['thps']} THPs)",
-              "atomics per write fault (reference)")
-    for ax, title in zip(axes, titles):
+        rows = [r for r in v["rows"] if r["phase"] == "children" and not r["bulk"]]
+        bulk = [r for r in v["rows"] if r["phase"] == "children" and r["bulk"]]
+        marker, ls, size = style.get(v["variant"], ("x", "-", 6))
+        for ax, (metric, _) in zip(axes.flat, panels):
+            line, = ax.plot([r["pages"] for r in rows], [metric(r) for r in rows], marker=marker,
+                            linestyle=ls, markersize=size, label=v["variant"])
+            if ax is axes.flat[3]:
+                ax.plot([r["pages"] for r in bulk], [metric(r) for r in bulk], marker=marker,
+                        markersize=size + 2, linestyle="none", markerfacecolor="none",
+                        color=line.get_color())
+    for ax, (_, title) in zip(axes.flat, panels):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xticks(PAGES, ["1 page", "64 (1/8)", "256 (1/2)", "512 (all)"])
+        ax.set_xticks(PAGES, ["1 page", "64\n(1/8)", "256\n(1/2)", "512\n(all)"])
         ax.set_xlabel("pages each child writes per THP")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(f"COW after fork, children phase (stream copy {out['stream_bandwidth_GBps']} GB/s)",
-                 fontsize=11)
+    fig.suptitle(f"COW after fork, the children's writes ({out['cores']} cores, stream copy "
+                 f"{out['stream_bandwidth_GBps']} GB/s)", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
