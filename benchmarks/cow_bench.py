@@ -194,26 +194,28 @@ def run_variant(variant, ref_thps, thps, k):
         t = time.perf_counter()
         eng = run_engine(variant, thps, k, pages, bulk)
         wall = time.perf_counter() - t
+        case = f"{variant} w={label(pages, bulk)}"
         if eng["nofault_changed"]:
-            mismatches.append(f"{variant} w={label(pages, bulk)}: the no-fault rewrite changed "
+            mismatches.append(f"{case}: the no-fault rewrite changed "
                               f"{eng['nofault_changed']}")
         for phase in PHASES:
             r, e = ref[phase]["ref"], eng[phase]["engine"]
             timed_peak = max(timed_peak, eng[phase]["timed_peak_rss_bytes"])
             if ref[phase]["dump_diff"]:
-                mismatches.append(f"{variant} w={label(pages, bulk)} {phase}: engine dump != reference dump "
+                mismatches.append(f"{case} {phase}: engine dump != reference dump "
                                   f"at {ref_thps} THPs: {ref[phase]['dump_diff']}")
             for c in ENGINE_COUNTS:
                 small = ref[phase]["engine_small"][c]
                 if small != r[c]:
-                    mismatches.append(f"{variant} w={label(pages, bulk)} {phase} {c}: engine {small} != "
+                    mismatches.append(f"{case} {phase} {c}: engine {small} != "
                                       f"reference {r[c]} at {ref_thps} THPs")
                 if e[c] * ref_thps != r[c] * thps:
-                    mismatches.append(f"{variant} w={label(pages, bulk)} {phase} {c}: engine {e[c] / thps} "
+                    mismatches.append(f"{case} {phase} {c}: engine {e[c] / thps} "
                                       f"per THP at {thps} THPs != reference {r[c] / ref_thps}")
             faults = r["write_faults"]
             per_thp = {c: r[c] / ref_thps for c in COUNTS}
-            per_fault = {c: (r[c] / faults if faults else None) for c in COUNTS if c != "pages_in_use"}
+            per_fault = {c: (r[c] / faults if faults else None) for c in COUNTS
+                         if c != "pages_in_use"}
             faults_large = faults * thps // ref_thps  # the same program per THP at thps THPs
             rows.append({
                 "variant": variant, "pages": pages, "bulk": bulk, "phase": phase, "per_thp": per_thp,
