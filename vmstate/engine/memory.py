@@ -116,7 +116,7 @@ def write(state, mm, addr, length):
     events = np.zeros(len(state.events), np.int64)
     cursor = np.array([0, 0, 0, -1, -1, -1], np.int64)
     pool = np.array([state.blocks.n, 0], np.int64)
-    grow = max(16, len(rows))
+    grow = len(rows) + 1  # a THP or a run's block per slot covers the common case; else it grows
     while True:
         state.blocks.append(grow)  # zeroed; the kernel initialises each block it takes
         pool[1] += grow
