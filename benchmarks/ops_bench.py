@@ -122,6 +122,7 @@ def run_one(thps, variant):
     # program will need once, before timing.
     t = time.perf_counter()
     need = thps * (BLOCK + 2 * PMD + 8 * N + 2 * TABLE) * 3 // 2
+    need += thps * (2 * BLOCK + 4 * PMD + 4 * TABLE) * 3 // 2  # mmap_w, its COW copies, mremap's tables
     if variant == "6.18":  # the second mapping and its split tables
         need += thps * (BLOCK + PMD + TABLE) * 3 // 2
     buf = np.empty(min(need, int(available_memory() * 0.8)), np.uint8)

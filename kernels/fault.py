@@ -136,9 +136,10 @@ def handle_mm_faults(rows, lo, hi, index, thp, mapping, pmds, tables, blocks, po
                 else:  # __split_huge_pmd() and VM_FAULT_FALLBACK: the PTE fault below
                     split_huge_pmd(pmds, tables, row, blocks, costs, events)
                 entry = pmds[row]["pmd"]
-                if entry & _PAGE_PSE:
-                    set_page_data(blocks[pmd_block(entry)], i, i + 1, True)  # the write's data
-                    i += 1
+                if entry & _PAGE_PSE:  # writable now: the segment's other pages do not fault
+                    pmds[row]["pmd"] = entry | _YOUNG_DIRTY
+                    set_page_data(blocks[pmd_block(entry)], i, hi[r], True)  # the write's data
+                    i = hi[r]
                     continue
             pte = tables[pmds[row]["pte_table"]]["pte"]
             e = pte[i]
