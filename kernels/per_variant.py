@@ -257,7 +257,7 @@ def build(variant: types.ModuleType) -> types.SimpleNamespace:
     for name, (fn, options) in _COMMON.items():
         glb = dict(fn.__globals__)
         copy = types.FunctionType(fn.__code__, glb, name, fn.__defaults__, fn.__closure__)
-        copy.__qualname__ = f"{fn.__qualname__}__{suffix}"
+        copy.__qualname__ = f"{name}__{suffix}"  # the build's own name: numba caches by it
         copy.__module__, copy.__doc__, copy.__kwdefaults__ = fn.__module__, fn.__doc__, fn.__kwdefaults__
         setattr(out, name, njit(cache=True, **options)(copy))
         env.append(glb)
