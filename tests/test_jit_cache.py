@@ -200,3 +200,17 @@ def test_kernel_cache_restores_numba_cache_dir(tmp_path, monkeypatch):
     with pytest.raises(KeyError), _cache.kernel_cache():
         raise KeyError
     assert config.CACHE_DIR == str(tmp_path)
+
+
+def test_each_build_of_a_kernel_is_cached_under_its_own_name():
+    """One function built twice (``zap_pmd_range`` on a prange, ``zap_pmd_range_serial`` for a process
+    whose slots may share a block) must not share a cache entry: numba names its cache files after
+    the function's qualname, so a shared one would hand the serial build the parallel code."""
+    from vmstate.kernels.variants import KERNELS
+    for k in KERNELS.values():
+        par, ser = k.zap_pmd_range, k.zap_pmd_range_serial
+        assert par.py_func.__qualname__ != ser.py_func.__qualname__
+        assert par.targetoptions.get("parallel") and not ser.targetoptions.get("parallel")
+    names = [f.py_func.__qualname__ for k in KERNELS.values() for f in vars(k).values()
+             if hasattr(f, "py_func") and "__" in f.py_func.__qualname__]
+    assert len(names) == len(set(names))
