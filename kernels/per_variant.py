@@ -11,8 +11,11 @@ bound to that variant's implementations (:mod:`vmstate.kernels.variants` holds t
 variant is chosen once, when a state is created, and no kernel tests it at run time. Adding a
 variant means adding a module that defines the names below, and one line in ``variants.py``.
 
-Each compiled copy is its own function to numba (``<name>__<variant>``), so the on-disk cache keeps
-one entry per variant; the cache directory itself is keyed by a digest of every kernel source.
+Each compiled copy is its own function to numba (``<name>__<variant>``, ``name`` the build's own:
+one function may be built twice, as ``zap_pmd_range`` and its serial ``zap_pmd_range_serial``), so
+the on-disk cache keeps one entry per build and variant (numba names its cache files after the
+qualname: two builds under one name would load each other's code); the cache directory itself is
+keyed by a digest of every kernel source.
 """
 import types
 

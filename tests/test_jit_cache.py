@@ -202,6 +202,8 @@ def test_kernel_cache_restores_numba_cache_dir(tmp_path, monkeypatch):
     assert config.CACHE_DIR == str(tmp_path)
 
 
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1",
+                    reason="a property of the compiled builds (unjitted, njit returns the function)")
 def test_each_build_of_a_kernel_is_cached_under_its_own_name():
     """One function built twice (``zap_pmd_range`` on a prange, ``zap_pmd_range_serial`` for a process
     whose slots may share a block) must not share a cache entry: numba names its cache files after
