@@ -379,14 +379,41 @@ def _shrinker_excess(res: DiffResult) -> int:
     return excess
 
 
-def _diff_events(res: DiffResult, allowed):
-    ea, eb = res.a.summary.get("vm_events", {}), res.b.summary.get("vm_events", {})
+@dataclass(frozen=True)
+class _SplitFacts:
+    """What the kernel side's split ops explain, for the counters' verdicts: THPs its MADV_COLD
+    stand-in skipped (shared), splits past debugfs' first hole (``beyond``), pinned THPs it tried
+    (-EAGAIN), and whether a shared THP was left whole."""
+    splits: list
+    skipped: int
+    beyond: int
+    shared: bool
+    eagain: int
+
+
+def _split_facts(res: DiffResult) -> _SplitFacts:
     real = (res.b if res.sim == "a" else res.a) if res.sim else None
     splits = real.summary.get("splits", []) if real else []
     skipped = sum(s.get("skipped", 0) for s in splits)
-    beyond = _beyond_count(res)
-    shared = res.not_split in res.divergences or skipped > 0
-    eagain = sum(t.get("ret") == -11 for s in splits for t in s.get("thps", []))
+    return _SplitFacts(splits, skipped, _beyond_count(res),
+                       res.not_split in res.divergences or skipped > 0,
+                       sum(t.get("ret") == -11 for s in splits for t in s.get("thps", [])))
+
+
+def _verdict_row(res: DiffResult, allowed, row: dict, verdict, what: str, a, b):
+    """A differing counter: a documented divergence when ``verdict`` is allowed, else a difference."""
+    if verdict in allowed:
+        row["divergence"] = verdict
+        res.note(verdict, what, abs(a - b))
+    else:
+        row["differs"] = True
+        res.differences += 1
+
+
+def _diff_events(res: DiffResult, allowed):
+    ea, eb = res.a.summary.get("vm_events", {}), res.b.summary.get("vm_events", {})
+    f = _split_facts(res)
+    splits, skipped, beyond, shared, eagain = f.splits, f.skipped, f.beyond, f.shared, f.eagain
     pte_split = sum(1 for s in splits for t in s.get("thps", [])
                     if t.get("outcome") == "split" and not t.get("pmd_mapped", True))
     for name in VM_EVENTS:
@@ -418,12 +445,7 @@ def _diff_events(res: DiffResult, allowed):
                 verdict = "split_trigger"
             elif name == "thp_deferred_split_page" and real_v - sim_v <= pte_split:
                 verdict = "deferred_split_accounting"
-        if verdict in allowed:
-            row["divergence"] = verdict
-            res.note(verdict, f"vm_events {name}", abs(a - b))
-        else:
-            row["differs"] = True
-            res.differences += 1
+        _verdict_row(res, allowed, row, verdict, f"vm_events {name}", a, b)
 
 
 def _diff_mthp(res: DiffResult, allowed):
@@ -433,12 +455,8 @@ def _diff_mthp(res: DiffResult, allowed):
     ma, mb = res.a.summary.get("mthp_stats"), res.b.summary.get("mthp_stats")
     if not isinstance(ma, dict) or not isinstance(mb, dict):
         return
-    real = (res.b if res.sim == "a" else res.a) if res.sim else None
-    splits = real.summary.get("splits", []) if real else []
-    skipped = sum(s.get("skipped", 0) for s in splits)
-    beyond = _beyond_count(res)
-    shared = res.not_split in res.divergences or skipped > 0
-    eagain = sum(t.get("ret") == -11 for s in splits for t in s.get("thps", []))
+    f = _split_facts(res)
+    skipped, beyond, shared, eagain = f.skipped, f.beyond, f.shared, f.eagain
     for name in dict.fromkeys([*ma, *mb]):
         a, b = ma.get(name), mb.get(name)
         row = {"a": a, "b": b}
@@ -463,12 +481,7 @@ def _diff_mthp(res: DiffResult, allowed):
                 verdict = "shrinker_passes"
             elif name == "split_failed" and res.modern and 0 < real_v - sim_v <= eagain:
                 verdict = "split_trigger"
-        if verdict in allowed:
-            row["divergence"] = verdict
-            res.note(verdict, f"mthp_stats {name}", abs(a - b))
-        else:
-            row["differs"] = True
-            res.differences += 1
+        _verdict_row(res, allowed, row, verdict, f"mthp_stats {name}", a, b)
 
 
 def _diff_splits(res: DiffResult, allowed):
