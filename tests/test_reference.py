@@ -7,12 +7,13 @@ import pytest
 
 from vmstate.kernels.constants import (
     _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
-    ANON_FAULT_FLAGS, COSTS, EBUSY, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty, PG_head, PG_locked, PG_lru,
+    ANON_FAULT_FLAGS, EBUSY, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty, PG_head, PG_locked, PG_lru,
     PG_tail, SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, TAIL_MAPPING,
-    VM_ANON_DEFAULT, VM_EVENTS, VM_HUGEPAGE, VM_WRITE,
+    VM_ANON_DEFAULT, VM_HUGEPAGE, VM_WRITE,
 )
 from reference import ReferenceState, page_mapcount, total_mapcount
 from vmstate.errors import BadInput, CorruptState
+from dump_helpers import costs, events, ptes_of
 
 N = HPAGE_PMD_NR
 PAGE = 4096
@@ -24,18 +25,6 @@ HUGE_PMD = _PAGE_PRESENT | _PAGE_PSE | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY
 PTE_FAULT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY
 THP_VMA = VM_ANON_DEFAULT | VM_HUGEPAGE
 TAIL_AFTER_SPLIT = ANON_FAULT_FLAGS | (1 << PG_dirty)  # copied flags + PG_dirty + PG_lru
-
-
-def events(**nonzero):
-    return {k: nonzero.get(k, 0) for k in VM_EVENTS}
-
-
-def costs(**nonzero):
-    return {k: nonzero.get(k, 0) for k in COSTS}
-
-
-def ptes_of(d, mm):
-    return {v: e for (m, v), e in d["ptes"].items() if m == mm}
 
 
 def thp_state():

@@ -9,14 +9,14 @@ import pytest
 
 from vmstate.kernels.constants import (
     _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_VMS_MIGRATION,
-    ANON_FAULT_FLAGS, COSTS, EBUSY, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty, PG_head, PG_hwpoison,
+    ANON_FAULT_FLAGS, EBUSY, HPAGE_PMD_NR, MAPPING_NULL, PG_dirty, PG_head, PG_hwpoison,
     PG_locked, PG_tail,
     SPLIT_FAIL_ANON_VMA, SPLIT_FAIL_PRECHECK, SPLIT_FAIL_RECHECK, SPLIT_OK, TAIL_MAPPING,
-    VM_EVENTS,
 )
 from reference import PG_double_map, PageDoubleMap, ReferenceState, page_mapcount, total_mapcount
 from vmstate.errors import BadInput, CorruptState
 from vmstate.engine.huge_memory import Race
+from dump_helpers import costs, events, ptes_of
 
 N = HPAGE_PMD_NR
 PAGE = 4096
@@ -30,18 +30,6 @@ HEAD_FLAGS = (1 << PG_head) | ANON_FAULT_FLAGS
 DIRTY = 1 << PG_dirty
 DOUBLE_MAP = 1 << PG_double_map
 TAIL_AFTER_SPLIT = ANON_FAULT_FLAGS | DIRTY   # PG_dirty copied from the head (v5: set)
-
-
-def events(**nonzero):
-    return {k: nonzero.get(k, 0) for k in VM_EVENTS}
-
-
-def costs(**nonzero):
-    return {k: nonzero.get(k, 0) for k in COSTS}
-
-
-def ptes_of(d, mm):
-    return {v: e for (m, v), e in d["ptes"].items() if m == mm}
 
 
 def thp_state():

@@ -7,12 +7,13 @@ import pytest
 
 from vmstate.kernels.constants import (
     _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SPECIAL,
-    _PAGE_VMS_MIGRATION, ANON_FAULT_FLAGS, EAGAIN, ENTIRELY_MAPPED, HPAGE_PMD_NR, MTHP_STATS,
-    SPLIT_FAIL_PRECHECK, SPLIT_OK, VM_EVENTS, ZERO_PFN, PG_active, PG_anon_exclusive, PG_dirty,
+    _PAGE_VMS_MIGRATION, ANON_FAULT_FLAGS, EAGAIN, ENTIRELY_MAPPED, HPAGE_PMD_NR,
+    SPLIT_FAIL_PRECHECK, SPLIT_OK, ZERO_PFN, PG_active, PG_anon_exclusive, PG_dirty,
     PG_head, PG_locked, PG_lru,
 )
 from reference import ReferenceState
 from vmstate.errors import BadInput
+from dump_helpers import events, mthp, ptes_of
 
 N = HPAGE_PMD_NR
 PAGE = 4096
@@ -26,18 +27,6 @@ PTE_SPLIT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY
 ZERO_PTE = (ZERO_PFN << 12) | _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_SPECIAL
 INITIAL = (-1, 0, 0, 0, -1, -1, 0, 0)
 V = "6.18"
-
-
-def events(**nonzero):
-    return {k: nonzero.get(k, 0) for k in VM_EVENTS}
-
-
-def mthp(**nonzero):
-    return {k: nonzero.get(k, 0) for k in MTHP_STATS}
-
-
-def ptes_of(d, mm):
-    return {v: e for (m, v), e in d["ptes"].items() if m == mm}
 
 
 def thp(fill="data"):
