@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from vmstate.bridge import kworker as kw, procfs
-from vmstate.bridge.capture import Target, capture
+from vmstate.bridge.capture import capture
 from vmstate.bridge.kernel_run import prerequisites
 from vmstate.bridge.kprocess import Processes
 

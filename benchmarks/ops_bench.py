@@ -72,7 +72,6 @@ BYTES = {
 
 def program(s, n, addr=ADDR):
     """The ops, as (name, callable) in order."""
-    half = n // 2 * M2
     if s.k.MADV_COLD_PAGEOUT:
         ops = program_v5(s, n, addr)
         at = [name for name, _ in ops].index("split")

@@ -12,7 +12,7 @@ from vmstate.kernels.constants import (
     C_MMU_NOTIFIER, C_PTE_LOCK, C_PTE_WRITE, EBUSY,
     HPAGE_PMD_NR, PG_dirty, PG_double_map, PG_head, PG_hwpoison, PG_lru,
     PTE_PFN_MASK, PTE_PFN_SHIFT, TAIL_COPY_FLAGS, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT,
-    _PAGE_PSE, _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION,
+    _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_VMS_MIGRATION,
 )
 from vmstate.kernels.mapcount import total_mapcount
 from vmstate.kernels.pagewalk import WALK_SHIFT, walk_table_row
